@@ -1,0 +1,175 @@
+"""``metab-opt``: a thin command line over the package's functions.
+
+Bad input (an unknown option, a bad config or ``--set``) is one line on stderr and exit code 2,
+with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from metab_opt.config import ConfigError, load_config, parse_overrides
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "configs/rank50.yaml"
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (and a suggestion for a misspelled option)."""
+
+    def error(self, message: str) -> NoReturn:
+        if "unrecognized arguments:" in message:
+            bad = message.split(":", 1)[1].split()
+            known = [o for a in self._actions for o in a.option_strings]
+            hint = ""
+            for word in bad:
+                match = difflib.get_close_matches(word.split("=")[0], known, n=1)
+                if match:
+                    hint = f" (did you mean {match[0]}?)"
+                    break
+            message += hint
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add_config(p: argparse.ArgumentParser, *, default: str | None = DEFAULT_CONFIG) -> None:
+    p.add_argument("--config", default=default, help=f"YAML config (default: {default})")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metab-opt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("simulate", help="build (or reuse) the dataset of a config")
+    _add_config(p)
+    p.add_argument("--out", default=None, help="data root (default: studies/data)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
+
+    p = sub.add_parser("train", help="one training run with plots and metrics")
+    _add_config(p)
+    p.add_argument("--out", default=None, help="output folder (default: studies/train/<name>)")
+    p.add_argument("--data-root", default=None, help="dataset cache (default: studies/data)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+
+    p = sub.add_parser("bench", help="trainer speed against a per-sample reference")
+    _add_config(p)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=2000, help="timed steps per measurement")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    from metab_opt import study as study_mod
+
+    study_mod.add_study_arguments(sub.add_parser("study", help="run or resume a study"))
+    study_mod.add_compare_arguments(sub.add_parser("compare", help="UCB vs Optuna's samplers"))
+    p = sub.add_parser("dashboard", help="browse a study in optuna-dashboard")
+    study_mod.add_dashboard_arguments(p)
+    return parser
+
+
+def _load(args: argparse.Namespace, *, check_frozen: bool = True) -> Any:
+    return load_config(args.config, overrides=parse_overrides(args.overrides),
+                       check_frozen=check_frozen)
+
+
+def _check_device(name: str) -> None:
+    from metab_opt.training import select_device
+
+    try:
+        select_device(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from metab_opt.simulation import load_or_build
+
+    cfg = _load(args, check_frozen=False)
+    t0 = time.perf_counter()
+    ds, built = load_or_build(cfg.simulation, args.out, rebuild=args.rebuild)
+    m = ds.manifest
+    print(f"dataset {ds.path} ({'built' if built else 'cached'} in "
+          f"{time.perf_counter() - t0:.1f} s)")
+    print(f"  metabolites {m['n_metabolites']}, reactions {m['n_reactions']}, frames "
+          f"{m['n_frames']} (+{m['n_test_frames']} test)")
+    print(f"  activity rank {m['activity_rank']}, concentrations "
+          f"{m['concentration_min']:.3g} .. {m['concentration_max']:.3g}")
+    print(f"  oracle_R2 {m['oracle_R2']:.4f} (least squares with the true kinetics)")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from metab_opt.objective import HEADLINE, run_training
+    from metab_opt.training import TrainingDiverged
+
+    cfg = _load(args)
+    _check_device(args.device)  # fail early, before anything is written
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps: expected a positive integer, got {args.max_steps}")
+    out = Path(args.out) if args.out else Path("studies") / "train" / cfg.name
+    try:
+        res = run_training(cfg, out_dir=out, data_root=args.data_root, device=args.device,
+                           progress=True, max_steps=args.max_steps)
+    except TrainingDiverged as exc:
+        print(f"metab-opt train: training failed: {exc}", file=sys.stderr)
+        return 1
+    m = res.metrics
+    for key in HEADLINE:
+        print(f"{key}: {m[key]:.4g}" if isinstance(m[key], float) else f"{key}: {m[key]}")
+    print(f"status: {m['status']} ({m['diagnosis']}); {m['visual']}")
+    print(f"{m['steps']} steps in {m['training_seconds']:.1f} s ({m['steps_per_s']:.0f} steps/s "
+          f"on {m['device']}); outputs in {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from metab_opt.bench import bench
+
+    cfg = _load(args)
+    _check_device(args.device)
+    if args.steps < 10:
+        raise UsageError(f"--steps: expected at least 10, got {args.steps}")
+    print(json.dumps(bench(cfg, data_root=args.data_root, device=args.device, steps=args.steps,
+                           threads=args.threads)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        if args.command == "simulate":
+            return _cmd_simulate(args)
+        if args.command == "train":
+            return _cmd_train(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
+        from metab_opt import study as study_mod
+
+        return study_mod.run_command(args)
+    except (UsageError, ConfigError) as exc:
+        msg = str(exc)
+        prefix = "" if msg.startswith("metab-opt") else "metab-opt: error: "
+        print(f"{prefix}{msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metab-opt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

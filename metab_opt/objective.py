@@ -1,0 +1,172 @@
+"""One training run end to end, and the Optuna objective built on it.
+
+:func:`run_training` is what ``metab-opt train`` and every study trial run: dataset (cached) ->
+train -> evaluate -> plots, ``analysis.log`` and ``metrics.json`` in the output folder.
+:class:`Objective` wraps it for Optuna: trial params -> config -> run -> user attrs (DESIGN.md's
+trial record) -> plots uploaded as trial artifacts -> ``rate_constants_R2``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metab_opt import plots
+from metab_opt.config import Config, apply_params
+from metab_opt.simulation import Dataset, load_or_build
+
+__all__ = ["HEADLINE", "Objective", "RunResult", "run_training", "write_analysis_log"]
+
+# The first lines of analysis.log, in the instructions' order; the rest follow sorted.
+HEADLINE = ("final_loss", "rate_constants_R2", "rate_constants_R2_shifted", "test_R2",
+            "test_pearson")
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, Any]
+    out_dir: Path
+    plot_paths: list[Path]
+    seconds: float
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_analysis_log(path: Path, metrics: dict[str, Any]) -> None:
+    """``key: value`` lines: the headline metrics first, then the rest sorted by key."""
+    keys = [k for k in HEADLINE if k in metrics] + sorted(k for k in metrics if k not in HEADLINE)
+    lines = []
+    for k in keys:
+        v = metrics[k]
+        lines.append(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _write_plots(out: Path, step: int, metrics: dict[str, Any], arrays: dict[str, np.ndarray],
+                 ds: Dataset, history_steps: np.ndarray,
+                 history: dict[str, np.ndarray]) -> list[Path]:
+    tmp = out / "tmp_training"
+    powers = sorted(int(k.rsplit("_", 1)[1]) for k in arrays if k.startswith("sub_curve_"))
+    curves = {s: arrays[f"sub_curve_{s}"] for s in powers}
+    scales = {s: metrics.get(f"MLP_sub_scale_s{s}", float("nan")) for s in powers}
+    paths = [
+        plots.plot_mlp_sub(tmp / "function" / "substrate_func" / f"MLP_sub_{step:07d}.png",
+                           arrays["c_grid"], curves, scales=scales),
+        plots.plot_mlp_node(tmp / "function" / "rate_func" / f"MLP_node_{step:07d}.png",
+                            arrays["c_node"], arrays["node_out"], ds.metabolite_type,
+                            ds.network.lambdas, ds.network.baselines),
+        plots.plot_rate_constants(tmp / "rate" / f"rate_constants_{step:07d}.png",
+                                  arrays["log_k_true"], arrays["log_k_learned"], metrics),
+        plots.plot_loss(tmp / "loss.png", history_steps, {k: list(v) for k, v in history.items()}),
+        plots.plot_kinograph(out / "results" / "kinograph.png", arrays["x_test"],
+                             arrays["x_rollout"]),
+    ]
+    return paths
+
+
+def run_training(cfg: Config, *, out_dir: str | Path, data_root: str | Path | None = None,
+                 device: str = "auto", progress: bool = False,
+                 on_report: Callable[[Any], None] | None = None,
+                 dataset: Dataset | None = None, max_steps: int | None = None) -> RunResult:
+    """Train once with ``cfg`` and write the run's outputs under ``out_dir``.
+
+    A diverged run raises :class:`metab_opt.training.TrainingDiverged`; the caller decides
+    what a failed run is.
+    """
+    from metab_opt.training import evaluate, train
+
+    t0 = time.perf_counter()
+    ds = dataset if dataset is not None else load_or_build(cfg.simulation, data_root)[0]
+    result = train(ds, cfg, device=device, on_report=on_report, progress=progress,
+                   max_steps=max_steps)
+    metrics, arrays = evaluate(result.model, ds, cfg)
+    metrics.update({"training_seconds": round(result.seconds, 3), "steps": result.steps,
+                    "steps_per_s": round(result.steps / max(result.seconds, 1e-9), 1),
+                    "device": result.device,
+                    "oracle_R2": ds.manifest.get("oracle_R2")})
+    metrics = {k: _json_safe(v) for k, v in metrics.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = _write_plots(out, result.steps, metrics, arrays, ds, result.history_steps,
+                         result.history)
+    write_analysis_log(out / "analysis.log", metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return RunResult(metrics=metrics, out_dir=out, plot_paths=paths,
+                     seconds=time.perf_counter() - t0)
+
+
+class Objective:
+    """The study's objective: a trial's params -> one training run -> ``rate_constants_R2``.
+
+    Every metric goes to the trial's user attrs before it finishes; the final plots go to the
+    artifact store; intermediate R² goes to ``trial.report`` (and the pruner may stop the run).
+    A diverged run becomes a failed trial with its reason in ``fail_reason``.
+    """
+
+    def __init__(self, cfg: Config, *, root: str | Path, data_root: str | Path | None = None,
+                 device: str = "auto", artifact_store: Any = None, progress: bool = False,
+                 max_steps: int | None = None) -> None:
+        self.cfg = cfg
+        self.root = Path(root)
+        self.data_root = data_root
+        self.device = device
+        self.artifact_store = artifact_store
+        self.progress = progress
+        self.max_steps = max_steps
+        self._dataset: Dataset | None = None
+
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = load_or_build(self.cfg.simulation, self.data_root)[0]
+        return self._dataset
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        from metab_opt.sampler import suggest_params
+        from metab_opt.training import TrainingDiverged
+
+        params = suggest_params(trial, self.cfg.search)
+        cfg = apply_params(self.cfg, params)
+        out = self.root / "trials" / f"trial_{trial.number:04d}"
+
+        def report(rep: Any) -> None:
+            trial.report(rep.r2 if math.isfinite(rep.r2) else -1e9, rep.step)
+            if trial.should_prune():
+                trial.set_user_attr("steps", rep.step)
+                trial.set_user_attr("rate_constants_R2", _json_safe(rep.r2))
+                trial.set_user_attr("fail_reason", f"pruned at step {rep.step}")
+                raise optuna.TrialPruned(f"pruned at step {rep.step} (R2 {rep.r2:.3f})")
+
+        try:
+            res = run_training(cfg, out_dir=out, device=self.device, progress=self.progress,
+                               on_report=report, dataset=self.dataset(),
+                               max_steps=self.max_steps)
+        except TrainingDiverged as exc:
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("diagnosis", "failed")
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        for key, value in res.metrics.items():
+            trial.set_user_attr(key, value)
+        if self.artifact_store is not None:
+            from optuna.artifacts import upload_artifact
+
+            for path in res.plot_paths:
+                upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
+                                study_or_trial=trial)
+        value = res.metrics["rate_constants_R2"]
+        return float(value) if value is not None else float("nan")

@@ -1,0 +1,428 @@
+"""PDE_M1: the metabolic network simulator and its cached dataset.
+
+The system, for metabolite ``i`` of type ``τ(i)`` and reaction ``j``::
+
+    dc_i/dt = -λ_τ(i) (c_i - c_base,τ(i)) + Σ_j S_ij v_j,     v_j = k_j Π_{i ∈ sub(j)} c_i^|s_ij|
+
+``S`` (n_metabolites x n_reactions) is the signed stoichiometry; ``substrate_power``
+(n_metabolites x n_reactions) holds ``|s_ij|`` for the substrates of each reaction and 0 elsewhere.
+Integration is explicit Euler with concentrations clamped at 0; the dataset stores the states
+``x[t]`` and the exact derivatives ``y[t] = dc/dt(x[t])``.
+
+numpy only: building a dataset needs no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metab_opt import __version__
+from metab_opt.config import SimulationConfig
+
+__all__ = [
+    "Dataset",
+    "Network",
+    "activity_rank",
+    "build_network",
+    "derivative",
+    "integrate",
+    "load_or_build",
+    "oracle_rate_constants",
+    "simulate",
+]
+
+_ARRAYS = ("S", "substrate_power", "log_k_true", "metabolite_type", "x", "y", "x_test", "y_test")
+_DEFAULT_DATA_ROOT = Path("studies") / "data"
+
+
+@dataclass(frozen=True)
+class Network:
+    """A reaction network: stoichiometry, substrate powers, rate constants and types."""
+
+    S: np.ndarray  # (n_met, n_reac) int, signed net stoichiometry
+    substrate_power: np.ndarray  # (n_met, n_reac) int, |s| of each substrate, 0 elsewhere
+    log_k: np.ndarray  # (n_reac,) float64, log10 of the rate constants
+    metabolite_type: np.ndarray  # (n_met,) int
+    lambdas: np.ndarray  # (n_types,) homeostatic rates
+    baselines: np.ndarray  # (n_types,) homeostatic baselines
+
+    @property
+    def n_metabolites(self) -> int:
+        return int(self.S.shape[0])
+
+    @property
+    def n_reactions(self) -> int:
+        return int(self.S.shape[1])
+
+
+@dataclass
+class Dataset:
+    """A simulated dataset: the network, the training trajectory and a held-out one."""
+
+    network: Network
+    x: np.ndarray  # (n_frames, n_met) concentrations
+    y: np.ndarray  # (n_frames, n_met) dc/dt at x
+    x_test: np.ndarray  # (n_test_frames, n_met)
+    y_test: np.ndarray
+    manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    # Convenience views used by the model and the metrics.
+    @property
+    def S(self) -> np.ndarray:
+        return self.network.S
+
+    @property
+    def substrate_power(self) -> np.ndarray:
+        return self.network.substrate_power
+
+    @property
+    def log_k_true(self) -> np.ndarray:
+        return self.network.log_k
+
+    @property
+    def metabolite_type(self) -> np.ndarray:
+        return self.network.metabolite_type
+
+
+# ---------------------------------------------------------------------------------------------
+# Network builder
+
+
+def _cycle_reactions(rng: np.random.Generator, n_met: int, length: int, n_wanted: int,
+                     used: set[tuple[tuple[int, int], ...]]) -> list[tuple[dict[int, int],
+                                                                             dict[int, int]]]:
+    """Autocatalytic cycles m1..mL: reaction ``m_i + m_{i+1} -> 2 m_{i+1}``.
+
+    Both metabolites are substrates with |s| = 1; the net stoichiometry is -1 for the food
+    ``m_i`` and +1 for the catalyst ``m_{i+1}``. A cycle is redrawn when one of its substrate
+    pairs already exists, so that no two reactions share a substrate set.
+    """
+    out: list[tuple[dict[int, int], dict[int, int]]] = []
+    attempts = 0
+    while len(out) < n_wanted:
+        attempts += 1
+        if attempts > 100_000:
+            raise RuntimeError("cannot place more autocatalytic cycles with unique substrate "
+                               "sets; lower cycle_fraction or n_reactions")
+        members = rng.choice(n_met, size=length, replace=False)
+        cycle: list[tuple[dict[int, int], dict[int, int]]] = []
+        keys = []
+        for pos in range(length):
+            food, cat = int(members[pos]), int(members[(pos + 1) % length])
+            if length == 2 and pos == 1:
+                break  # a 2-cycle's second reaction would reuse the same substrate pair
+            keys.append(tuple(sorted(((food, 1), (cat, 1)))))
+            cycle.append(({food: 1, cat: 1}, {food: -1, cat: 1}))
+        if len(set(keys)) != len(keys) or any(k in used for k in keys):
+            continue
+        take = min(len(cycle), n_wanted - len(out))
+        for key, reaction in zip(keys[:take], cycle[:take]):
+            used.add(key)
+            out.append(reaction)
+    return out
+
+
+def _random_reactions(rng: np.random.Generator, n_met: int, max_per: int, n_wanted: int,
+                      used: set[tuple[tuple[int, int], ...]]) -> list[tuple[dict[int, int],
+                                                                              dict[int, int]]]:
+    """Random reactions: 1..max_per substrates with |s| in {1, 2}; products share the mass.
+
+    The consumed mass (Σ|s|) is split over 1..max_per product metabolites that are not
+    substrates, so every column of S sums to 0.
+    """
+    out: list[tuple[dict[int, int], dict[int, int]]] = []
+    attempts = 0
+    while len(out) < n_wanted:
+        attempts += 1
+        if attempts > 100_000:
+            raise RuntimeError("cannot place more random reactions with unique substrate sets")
+        n_sub = int(rng.integers(1, max_per + 1))
+        subs = rng.choice(n_met, size=n_sub, replace=False)
+        powers = rng.integers(1, 3, size=n_sub)
+        key = tuple(sorted((int(m), int(p)) for m, p in zip(subs, powers)))
+        if key in used:
+            continue
+        mass = int(powers.sum())
+        others = np.setdiff1d(np.arange(n_met), subs)
+        n_prod = int(rng.integers(1, min(max_per, mass, len(others)) + 1)) if len(others) else 0
+        if n_prod == 0:
+            continue
+        prods = rng.choice(others, size=n_prod, replace=False)
+        # Split `mass` into n_prod positive integers.
+        cuts = np.sort(rng.choice(np.arange(1, mass), size=n_prod - 1, replace=False)) \
+            if n_prod > 1 else np.array([], dtype=int)
+        shares = np.diff(np.concatenate(([0], cuts, [mass])))
+        sub = {int(m): int(p) for m, p in zip(subs, powers)}
+        net = {int(m): -int(p) for m, p in zip(subs, powers)}
+        for m, share in zip(prods, shares):
+            net[int(m)] = net.get(int(m), 0) + int(share)
+        used.add(key)
+        out.append((sub, net))
+    return out
+
+
+def build_network(cfg: SimulationConfig) -> Network:
+    """The stoichiometry, the rate constants and the metabolite types of a regime (seeded)."""
+    rng = np.random.default_rng(cfg.seed)
+    n_met, n_reac = cfg.n_metabolites, cfg.n_reactions
+    used: set[tuple[tuple[int, int], ...]] = set()
+    n_cycle = int(round(cfg.cycle_fraction * n_reac))
+    reactions = _cycle_reactions(rng, n_met, cfg.cycle_length, n_cycle, used)
+    reactions += _random_reactions(rng, n_met, cfg.max_metabolites_per_reaction,
+                                   n_reac - len(reactions), used)
+    S = np.zeros((n_met, n_reac), dtype=np.int64)
+    power = np.zeros((n_met, n_reac), dtype=np.int64)
+    for j, (sub, net) in enumerate(reactions):
+        for m, p in sub.items():
+            power[m, j] = p
+        for m, s in net.items():
+            S[m, j] = s
+    log_k = rng.uniform(cfg.log_k_min, cfg.log_k_max, size=n_reac)
+    types = np.zeros(n_met, dtype=np.int64)
+    # Types in contiguous blocks: the first 1/n_types of the metabolites are type 0, and so on.
+    types[:] = (np.arange(n_met) * cfg.n_metabolite_types) // n_met
+    return Network(S=S, substrate_power=power, log_k=log_k, metabolite_type=types,
+                   lambdas=np.asarray(cfg.homeostatic_lambda_per_type, dtype=np.float64),
+                   baselines=np.asarray(cfg.homeostatic_baseline_per_type, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamics
+
+
+def _substrate_index(net: Network) -> tuple[np.ndarray, np.ndarray]:
+    """Padded (n_reac, max_sub) metabolite indices and powers (power 0 pads: c^0 = 1)."""
+    n_sub = (net.substrate_power > 0).sum(axis=0)
+    width = max(int(n_sub.max()), 1)
+    idx = np.zeros((net.n_reactions, width), dtype=np.int64)
+    pw = np.zeros((net.n_reactions, width), dtype=np.float64)
+    for j in range(net.n_reactions):
+        rows = np.nonzero(net.substrate_power[:, j])[0]
+        idx[j, : len(rows)] = rows
+        pw[j, : len(rows)] = net.substrate_power[rows, j]
+    return idx, pw
+
+
+def rate_features(x: np.ndarray, idx: np.ndarray, pw: np.ndarray) -> np.ndarray:
+    """``φ_j(c) = Π c_i^|s_ij|`` for a (..., n_met) array of states -> (..., n_reac)."""
+    return np.prod(x[..., idx] ** pw, axis=-1)
+
+
+def homeostasis(x: np.ndarray, net: Network) -> np.ndarray:
+    lam = net.lambdas[net.metabolite_type]
+    base = net.baselines[net.metabolite_type]
+    return -lam * (x - base)
+
+
+def derivative(x: np.ndarray, net: Network, idx: np.ndarray | None = None,
+               pw: np.ndarray | None = None) -> np.ndarray:
+    """dc/dt at the state(s) x, shape (..., n_met)."""
+    if idx is None or pw is None:
+        idx, pw = _substrate_index(net)
+    k = 10.0 ** net.log_k
+    v = k * rate_features(x, idx, pw)
+    return homeostasis(x, net) + v @ net.S.T.astype(np.float64)
+
+
+def integrate(net: Network, c0: np.ndarray, n_frames: int, dt: float) -> tuple[np.ndarray,
+                                                                                 np.ndarray]:
+    """Explicit Euler from c0 for n_frames; returns (x, y) with y[t] = dc/dt(x[t])."""
+    idx, pw = _substrate_index(net)
+    k = 10.0 ** net.log_k
+    S_t = net.S.T.astype(np.float64)
+    lam = net.lambdas[net.metabolite_type]
+    base = net.baselines[net.metabolite_type]
+    x = np.empty((n_frames, net.n_metabolites))
+    y = np.empty_like(x)
+    c = c0.astype(np.float64).copy()
+    for t in range(n_frames):
+        dc = -lam * (c - base) + (k * np.prod(c[idx] ** pw, axis=1)) @ S_t
+        x[t] = c
+        y[t] = dc
+        c = np.maximum(c + dt * dc, 0.0)
+    return x, y
+
+
+def activity_rank(x: np.ndarray, variance: float = 0.99) -> int:
+    """How many singular values of the centred concentration matrix hold ``variance`` of it."""
+    centred = x - x.mean(axis=0, keepdims=True)
+    s = np.linalg.svd(centred, compute_uv=False)
+    energy = np.cumsum(s**2)
+    if energy[-1] <= 0:
+        return 0
+    return int(np.searchsorted(energy / energy[-1], variance) + 1)
+
+
+def oracle_rate_constants(net: Network, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """k by linear least squares with the true kinetic form known.
+
+    ``y + λ(c - c_base) = Σ_j S[:, j] k_j φ_j(c)`` is linear in k. Stacked over frames the
+    design matrix is (T·N) x R; its normal equations factor as
+    ``AᵀA = (SᵀS) ∘ (ΦᵀΦ)`` and ``Aᵀb = Σ_t φ_t ∘ (Sᵀ b_t)``, so the fit never builds A.
+    """
+    idx, pw = _substrate_index(net)
+    phi = rate_features(x, idx, pw)  # (T, R)
+    b = y - homeostasis(x, net)  # (T, N)
+    S = net.S.astype(np.float64)
+    ata = (S.T @ S) * (phi.T @ phi)
+    atb = (phi * (b @ S)).sum(axis=0)
+    # Scale the columns so the solve is well conditioned across k's orders of magnitude.
+    d = np.sqrt(np.clip(np.diag(ata), 1e-300, None))
+    sol, *_ = np.linalg.lstsq(ata / np.outer(d, d), atb / d, rcond=None)
+    return sol / d
+
+
+def _r2_identity(pred: np.ndarray, true: np.ndarray) -> float:
+    ss_tot = float(np.sum((true - true.mean()) ** 2))
+    return 1.0 - float(np.sum((pred - true) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+
+
+def simulate(cfg: SimulationConfig) -> Dataset:
+    """Build the network and both trajectories, and measure the dataset's figures."""
+    t0 = time.perf_counter()
+    net = build_network(cfg)
+    rng = np.random.default_rng([cfg.seed, 1])
+    c0 = rng.uniform(cfg.concentration_min, cfg.concentration_max, size=cfg.n_metabolites)
+    x, y = integrate(net, c0, cfg.n_frames, cfg.delta_t)
+    rng_test = np.random.default_rng([cfg.seed + cfg.test_seed_offset, 1])
+    c0_test = rng_test.uniform(cfg.concentration_min, cfg.concentration_max,
+                               size=cfg.n_metabolites)
+    x_test, y_test = integrate(net, c0_test, cfg.n_test_frames, cfg.delta_t)
+    if cfg.noise_level > 0:
+        noise_rng = np.random.default_rng([cfg.seed, 2])
+        y = y + cfg.noise_level * y.std(axis=0, keepdims=True) * noise_rng.standard_normal(y.shape)
+    k_oracle = oracle_rate_constants(net, x, y)
+    log_k_oracle = np.log10(np.clip(k_oracle, 1e-12, None))
+    manifest = {
+        "n_metabolites": net.n_metabolites,
+        "n_reactions": net.n_reactions,
+        "n_frames": int(cfg.n_frames),
+        "n_test_frames": int(cfg.n_test_frames),
+        "activity_rank": activity_rank(x),
+        "concentration_min": float(x.min()),
+        "concentration_max": float(x.max()),
+        "oracle_R2": _r2_identity(log_k_oracle, net.log_k),
+        "finite": bool(np.isfinite(x).all() and np.isfinite(y).all()),
+        "build_seconds": round(time.perf_counter() - t0, 3),
+    }
+    return Dataset(network=net, x=x, y=y, x_test=x_test, y_test=y_test, manifest=manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def _config_hash(cfg: SimulationConfig) -> str:
+    text = json.dumps(asdict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in _ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(str(a.dtype).encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _arrays(ds: Dataset) -> dict[str, np.ndarray]:
+    return {"S": ds.network.S, "substrate_power": ds.network.substrate_power,
+            "log_k_true": ds.network.log_k, "metabolite_type": ds.network.metabolite_type,
+            "x": ds.x, "y": ds.y, "x_test": ds.x_test, "y_test": ds.y_test}
+
+
+def _read(folder: Path, cfg: SimulationConfig) -> Dataset | None:
+    """The cached dataset if it is complete and its checksum matches; None otherwise."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in _ARRAYS}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    except Exception:  # a truncated zip raises zipfile.BadZipFile and friends
+        return None
+    if manifest.get("config_hash") != _config_hash(cfg) or manifest.get("checksum") != _checksum(
+            arrays):
+        return None
+    net = Network(S=arrays["S"], substrate_power=arrays["substrate_power"],
+                  log_k=arrays["log_k_true"], metabolite_type=arrays["metabolite_type"],
+                  lambdas=np.asarray(cfg.homeostatic_lambda_per_type, dtype=np.float64),
+                  baselines=np.asarray(cfg.homeostatic_baseline_per_type, dtype=np.float64))
+    return Dataset(network=net, x=arrays["x"], y=arrays["y"], x_test=arrays["x_test"],
+                   y_test=arrays["y_test"], manifest=manifest, path=folder)
+
+
+def _write(ds: Dataset, folder: Path, cfg: SimulationConfig) -> None:
+    """Write atomically: a temp folder beside the target, then a rename."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    arrays = _arrays(ds)
+    manifest = dict(ds.manifest)
+    manifest.update({
+        "config_hash": _config_hash(cfg),
+        "checksum": _checksum(arrays),
+        "package_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "simulation": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+    })
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        np.savez(tmp / "arrays.npz", **arrays)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        for f in tmp.iterdir():  # the data reach the disk before the rename makes them visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if folder.exists():
+            # A corrupted or stale cache: move it aside first so the rename cannot fail.
+            stale = folder.with_name(f".{folder.name}.stale.{os.getpid()}.{time.time_ns()}")
+            os.replace(folder, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    ds.manifest = manifest
+    ds.path = folder
+
+
+def dataset_dir(cfg: SimulationConfig, data_root: str | Path | None = None) -> Path:
+    root = Path(data_root) if data_root is not None else _DEFAULT_DATA_ROOT
+    return root / f"pde_m1_{_config_hash(cfg)}"
+
+
+def load_or_build(cfg: SimulationConfig, data_root: str | Path | None = None, *,
+                  rebuild: bool = False) -> tuple[Dataset, bool]:
+    """The dataset of a regime, from the cache when intact; returns (dataset, built_now).
+
+    A partial or corrupted cache fails its checksum and is rebuilt, never used. Several
+    processes may race to build the same dataset: each writes its own temp folder and the
+    renames are atomic, so a reader sees either a whole dataset or none.
+    """
+    folder = dataset_dir(cfg, data_root)
+    if not rebuild:
+        cached = _read(folder, cfg)
+        if cached is not None:
+            return cached, False
+    ds = simulate(cfg)
+    try:
+        _write(ds, folder, cfg)
+    except OSError:
+        # Another process may have won the race with an identical dataset.
+        cached = _read(folder, cfg)
+        if cached is None:
+            raise
+        return cached, False
+    return ds, True
