@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,10 +234,30 @@ _SECTION_TYPES: dict[str, type] = {
 }
 
 _SCALES = ("log", "linear", "int", "categorical")
+_MAX_SIDE = 1000  # grid values on each side of the anchor, at most
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader (libyaml's when present: 6x faster) that reads ``1e-3`` as a number.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``) and ``1e-3`` is a string;
+    YAML 1.2 (and every user) reads it as a float.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
 
 
 def _sig(value: float, digits: int = 6) -> float:
-    """Round to significant digits, so that grid values print cleanly (6.25e-04, not 6.2500001e-04)."""
+    """Round to significant digits, so grid values print cleanly (6.25e-04, not 6.2500001e-04)."""
     if value == 0 or not math.isfinite(value):
         return float(value)
     return float(f"{value:.{digits}g}")
@@ -285,30 +306,40 @@ class Knob:
             return tuple(self.choices)
         assert self.low is not None and self.high is not None and self.step is not None
         low, high, step = float(self.low), float(self.high), float(self.step)
-        values: set[float] = {low, high}
+        # The range ends, the anchor (the base value) and the log floor are kept exactly as
+        # given; only the values walked from the anchor are rounded to 6 significant digits.
+        # (Rounding the anchor took a base such as 0.00123456789 off its own grid, and rounding
+        # an end such as 0.0123456789 put a value outside the range.)
+        exact: set[float] = {low, high}
+        walked: list[float] = []
         if self.scale == "log":
             floor = low if low > 0 else float(self.min_positive or 0.0)
             a = float(anchor) if anchor is not None and float(anchor) > 0 else floor
             # Walk outwards from the anchor by the factor until the range ends.
-            n_down = int(math.floor(math.log(a / floor) / math.log(step) + 1e-9)) if a > floor else 0
-            n_up = int(math.floor(math.log(high / a) / math.log(step) + 1e-9)) if high > a else 0
-            for i in range(-n_down, n_up + 1):
-                values.add(a * step**i)
-            values.add(floor)
+            log_step = math.log(step)
+            n_down = int(math.floor(math.log(a / floor) / log_step + 1e-9)) if a > floor else 0
+            n_up = int(math.floor(math.log(high / a) / log_step + 1e-9)) if high > a else 0
+            walked.extend(a * step**i for i in range(-n_down, n_up + 1) if i != 0)
+            exact.update((a, floor))
             if low <= 0:
-                values.add(0.0)
+                exact.add(0.0)
         else:
             a = float(anchor) if anchor is not None else low
-            n_down = int(math.floor((a - low) / step + 1e-9))
-            n_up = int(math.floor((high - a) / step + 1e-9))
-            for i in range(-n_down, n_up + 1):
-                values.add(a + step * i)
+            # A huge lattice (the seed knob: 0 .. 2^31 - 1 by 1) is cut to a window around the
+            # anchor; both range ends stay on it.
+            n_down = min(_MAX_SIDE, int(math.floor((a - low) / step + 1e-9)))
+            n_up = min(_MAX_SIDE, int(math.floor((high - a) / step + 1e-9)))
+            walked.extend(a + step * i for i in range(-n_down, n_up + 1) if i != 0)
+            exact.add(a)
         if self.is_integer:
-            return tuple(sorted({int(round(v)) for v in values}))
-        return tuple(sorted({_sig(v) for v in values}))
+            lo, hi = math.ceil(low), math.floor(high)
+            ints = {int(round(v)) for v in (*exact, *walked)} | {lo, hi}
+            return tuple(sorted(v for v in ints if lo <= v <= hi))
+        values = exact | {_sig(v) for v in walked}
+        return tuple(sorted(v for v in values if low <= v <= high))
 
     def snap(self, value: Any, anchor: Any) -> Any:
-        """The grid value closest to ``value`` (in log space for a log knob), clipped to the range."""
+        """The grid value closest to ``value`` (in log space for a log knob), so in the range."""
         grid = self.grid(anchor)
         if self.scale == "categorical":
             return value if value in grid else grid[0]
@@ -490,7 +521,8 @@ def _build_knob(where: str, name: str, data: Any) -> Knob:
     section, fname = key.split(".", 1)
     if section not in ("graph_model", "training") or fname not in _SECTION_SPECS[section]:
         known = [f"{s}.{k}" for s in ("graph_model", "training") for k in _SECTION_SPECS[s]]
-        raise ConfigError(f"{where}.key: {key!r} is not a searchable config key{_suggest(key, known)}")
+        raise ConfigError(f"{where}.key: {key!r} is not a searchable config key"
+                          f"{_suggest(key, known)}")
     if section == "training" and fname in FROZEN_TRAINING_KEYS:
         raise ConfigError(f"{where}.key: {key!r} is frozen and cannot be searched")
     scale = data.get("scale", "log")
@@ -520,7 +552,8 @@ def _build_knob(where: str, name: str, data: Any) -> Knob:
         if step <= 1.0:
             raise ConfigError(f"{where}.step: a log knob's step is a factor > 1, got {step!r}")
         if low < 0:
-            raise ConfigError(f"{where}.range: a log knob's range starts at 0 or above, got {rng!r}")
+            raise ConfigError(f"{where}.range: a log knob's range starts at 0 or above, "
+                              f"got {rng!r}")
         if low == 0:
             if (isinstance(min_positive, bool) or not isinstance(min_positive, (int, float))
                     or not 0 < min_positive < high):
@@ -616,7 +649,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item}: expected section.key=value "
                               f"(e.g. training.learning_rate_k=0.01)")
         try:
-            out[key] = yaml.safe_load(text) if text.strip() else None
+            out[key] = _yaml_load(text) if text.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"--set {item}: cannot read the value {text!r}") from None
     return out
@@ -625,10 +658,16 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 def _apply_overrides(where: str, raw: dict[str, Any], overrides: Mapping[str, Any]) -> None:
     for key, value in overrides.items():
         section, name = key.split(".", 1)
-        if section not in _SECTION_SPECS:
+        if section == "search":
+            # The exploration settings can be set; the knobs are a mapping, edited in the file.
+            settings = [k for k in _SEARCH_KEYS if k != "knobs"]
+            if name not in settings:
+                raise ConfigError(f"--set {key}: only {', '.join(settings)} of the search "
+                                  f"section can be set{_suggest(name, settings)}")
+        elif section not in _SECTION_SPECS:
             raise ConfigError(f"--set {key}: unknown section '{section}'"
-                              f"{_suggest(section, _SECTION_SPECS)}")
-        if name not in _SECTION_SPECS[section]:
+                              f"{_suggest(section, (*_SECTION_SPECS, 'search'))}")
+        elif name not in _SECTION_SPECS[section]:
             raise ConfigError(f"--set {key}: unknown key{_suggest(name, _SECTION_SPECS[section])}")
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
@@ -683,7 +722,7 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | Sequence[str
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -702,6 +741,7 @@ def apply_params(cfg: Config, params: Mapping[str, Any]) -> Config:
         try:
             knob = cfg.search.knob(name)
         except KeyError:
-            raise ConfigError(f"unknown search knob '{name}'{_suggest(name, cfg.search.names)}") from None
+            raise ConfigError(f"unknown search knob '{name}'"
+                              f"{_suggest(name, cfg.search.names)}") from None
         overrides[knob.key] = value
     return config_from_dict(cfg.raw, path=cfg.path, name=cfg.name, overrides=overrides)

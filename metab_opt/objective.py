@@ -133,6 +133,12 @@ class Objective:
             self._dataset = load_or_build(self.cfg.simulation, self.data_root)[0]
         return self._dataset
 
+    @staticmethod
+    def _fail(trial: Any, reason: str) -> None:
+        trial.set_user_attr("status", "failed")
+        trial.set_user_attr("diagnosis", "failed")
+        trial.set_user_attr("fail_reason", reason)
+
     def __call__(self, trial: Any) -> float:
         import optuna
 
@@ -155,10 +161,16 @@ class Objective:
             res = run_training(cfg, out_dir=out, device=self.device, progress=self.progress,
                                on_report=report, dataset=self.dataset(),
                                max_steps=self.max_steps)
+        except optuna.TrialPruned:
+            raise
         except TrainingDiverged as exc:
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("diagnosis", "failed")
-            trial.set_user_attr("fail_reason", str(exc))
+            self._fail(trial, str(exc))
+            raise
+        except KeyboardInterrupt:
+            self._fail(trial, "interrupted")
+            raise
+        except Exception as exc:  # any error fails this trial only; the study goes on
+            self._fail(trial, f"{type(exc).__name__}: {exc}".splitlines()[0])
             raise
         for key, value in res.metrics.items():
             trial.set_user_attr(key, value)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from metab_opt import __version__
-from metab_opt.config import SimulationConfig
+from metab_opt.config import ConfigError, SimulationConfig
 
 __all__ = [
     "Dataset",
@@ -113,8 +114,9 @@ def _cycle_reactions(rng: np.random.Generator, n_met: int, length: int, n_wanted
     while len(out) < n_wanted:
         attempts += 1
         if attempts > 100_000:
-            raise RuntimeError("cannot place more autocatalytic cycles with unique substrate "
-                               "sets; lower cycle_fraction or n_reactions")
+            raise ConfigError(f"simulation: cannot place {n_wanted} autocatalytic reactions "
+                              f"with unique substrate sets among {n_met} metabolites (placed "
+                              f"{len(out)}); lower simulation.cycle_fraction or n_reactions")
         members = rng.choice(n_met, size=length, replace=False)
         cycle: list[tuple[dict[int, int], dict[int, int]]] = []
         keys = []
@@ -146,7 +148,10 @@ def _random_reactions(rng: np.random.Generator, n_met: int, max_per: int, n_want
     while len(out) < n_wanted:
         attempts += 1
         if attempts > 100_000:
-            raise RuntimeError("cannot place more random reactions with unique substrate sets")
+            raise ConfigError(f"simulation: cannot place {n_wanted} random reactions with "
+                              f"unique substrate sets among {n_met} metabolites (placed "
+                              f"{len(out)}); lower simulation.n_reactions or raise "
+                              f"max_metabolites_per_reaction")
         n_sub = int(rng.integers(1, max_per + 1))
         subs = rng.choice(n_met, size=n_sub, replace=False)
         powers = rng.integers(1, 3, size=n_sub)
@@ -172,12 +177,35 @@ def _random_reactions(rng: np.random.Generator, n_met: int, max_per: int, n_want
     return out
 
 
+def _check_capacity(cfg: SimulationConfig, n_cycle: int) -> None:
+    """Fail at once, in one line, when the unique substrate sets cannot all exist.
+
+    A cycle reaction's substrate set is a pair with |s| = 1; a random reaction's is 1 to
+    max_metabolites_per_reaction metabolites (leaving at least one to be a product), each with
+    |s| in {1, 2}. Without this check the builder would redraw 100 000 times, then fail.
+    """
+    n_met = cfg.n_metabolites
+    pairs = math.comb(n_met, 2)
+    if n_cycle > pairs:
+        raise ConfigError(f"simulation: {n_cycle} autocatalytic reactions need as many distinct "
+                          f"substrate pairs, but {n_met} metabolites have {pairs}; lower "
+                          f"simulation.cycle_fraction or n_reactions")
+    max_sub = min(cfg.max_metabolites_per_reaction, n_met - 1)
+    sets = sum(math.comb(n_met, k) * 2**k for k in range(1, max_sub + 1))
+    n_random = cfg.n_reactions - n_cycle
+    if n_random > sets - n_cycle:
+        raise ConfigError(f"simulation: {n_random} random reactions need distinct substrate "
+                          f"sets, but {n_met} metabolites with up to {max_sub} substrates have "
+                          f"{max(sets - n_cycle, 0)} left; lower simulation.n_reactions")
+
+
 def build_network(cfg: SimulationConfig) -> Network:
     """The stoichiometry, the rate constants and the metabolite types of a regime (seeded)."""
     rng = np.random.default_rng(cfg.seed)
     n_met, n_reac = cfg.n_metabolites, cfg.n_reactions
     used: set[tuple[tuple[int, int], ...]] = set()
     n_cycle = int(round(cfg.cycle_fraction * n_reac))
+    _check_capacity(cfg, n_cycle)
     reactions = _cycle_reactions(rng, n_met, cfg.cycle_length, n_cycle, used)
     reactions += _random_reactions(rng, n_met, cfg.max_metabolites_per_reaction,
                                    n_reac - len(reactions), used)
@@ -288,17 +316,34 @@ def _r2_identity(pred: np.ndarray, true: np.ndarray) -> float:
     return 1.0 - float(np.sum((pred - true) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
 
 
+def _check_finite(cfg: SimulationConfig, which: str, x: np.ndarray, y: np.ndarray) -> None:
+    """A diverged trajectory is a bad regime, reported in one line (not a NaN dataset)."""
+    bad = ~(np.isfinite(x).all(axis=1) & np.isfinite(y).all(axis=1))
+    if bad.any():
+        frame = int(np.argmax(bad))
+        raise ConfigError(f"simulation: the {which} trajectory diverged at frame {frame} "
+                          f"(non-finite concentrations) with delta_t {cfg.delta_t}; lower "
+                          f"simulation.delta_t or simulation.log_k_max")
+
+
 def simulate(cfg: SimulationConfig) -> Dataset:
-    """Build the network and both trajectories, and measure the dataset's figures."""
+    """Build the network and both trajectories, and measure the dataset's figures.
+
+    Raises :class:`ConfigError` when a trajectory diverges (explicit Euler with too large a
+    ``delta_t`` for the rates): such a dataset would poison the oracle and every learner.
+    """
     t0 = time.perf_counter()
     net = build_network(cfg)
     rng = np.random.default_rng([cfg.seed, 1])
     c0 = rng.uniform(cfg.concentration_min, cfg.concentration_max, size=cfg.n_metabolites)
-    x, y = integrate(net, c0, cfg.n_frames, cfg.delta_t)
     rng_test = np.random.default_rng([cfg.seed + cfg.test_seed_offset, 1])
     c0_test = rng_test.uniform(cfg.concentration_min, cfg.concentration_max,
                                size=cfg.n_metabolites)
-    x_test, y_test = integrate(net, c0_test, cfg.n_test_frames, cfg.delta_t)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x, y = integrate(net, c0, cfg.n_frames, cfg.delta_t)
+        _check_finite(cfg, "training", x, y)
+        x_test, y_test = integrate(net, c0_test, cfg.n_test_frames, cfg.delta_t)
+        _check_finite(cfg, "test", x_test, y_test)
     if cfg.noise_level > 0:
         noise_rng = np.random.default_rng([cfg.seed, 2])
         y = y + cfg.noise_level * y.std(axis=0, keepdims=True) * noise_rng.standard_normal(y.shape)

@@ -179,15 +179,32 @@ def _step_terms(model: MetabolismGNN, c: Tensor, y: Tensor, cfg: Config,
 
 def train(ds: Dataset, cfg: Config, *, device: str | torch.device = "auto",
           on_report: Callable[[Report], None] | None = None, progress: bool = False,
-          max_steps: int | None = None, history_points: int = 400) -> TrainResult:
+          max_steps: int | None = None, history_points: int = 400,
+          threads: int | None = 1) -> TrainResult:
     """Train a fresh model on the dataset with the config's training section.
 
     ``on_report`` is called every ``report_every`` steps (20 reports per run by default); it may
     raise (e.g. ``optuna.TrialPruned``) to stop the run. A non-finite loss raises
     :class:`TrainingDiverged`.
+
+    On the CPU the run uses ``threads`` torch threads (restored afterwards; None keeps torch's
+    setting). One is the default: this model's tensors are small, and on a 2-core machine a
+    second OpenMP thread spinning against any other work made steps up to 5x slower.
     """
-    t = cfg.training
     dev = select_device(device) if isinstance(device, str) else device
+    previous = torch.get_num_threads()
+    if dev.type == "cpu" and threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _train(ds, cfg, dev, on_report, progress, max_steps, history_points)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(ds: Dataset, cfg: Config, dev: torch.device,
+           on_report: Callable[[Report], None] | None, progress: bool, max_steps: int | None,
+           history_points: int) -> TrainResult:
+    t = cfg.training
     torch.manual_seed(t.seed)  # belt and braces: every draw below uses its own generator
     model = build_model(ds, cfg, dev)
     opt = GroupAdam(param_groups(model, cfg))

@@ -1,0 +1,329 @@
+"""The exploration tree as it stands in the storage: nodes, blocks, incumbent and PUCT scores.
+
+Everything here is a pure function of the trials read from the storage, so that every worker
+(thread or process) that reads the same storage computes the same tree. The sampler writes one
+record per trial (``RECORD_KEY`` in the trial's system attrs) and this module reads it back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from metab_opt.config import Knob
+
+# The sampler's own state, one JSON dict per trial (parent, block, root, strategy, changes,
+# params, ...). Namespaced like Optuna's GA samplers do with "NSGAIISampler:generation".
+RECORD_KEY = "metab_opt:ucb:node"
+
+# ``parent_id`` of a node whose parent is the config's base values rather than a trial: the
+# root-run of block 1 itself, and nodes created before that root-run existed.
+VIRTUAL_ROOT = -1
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def is_seed_knob(knob: Knob) -> bool:
+    """The training seed: it changes only under the ``replicate`` rule."""
+    return knob.name == "seed" or knob.key == "training.seed"
+
+
+def canonical(value: Any) -> Any:
+    """A hashable form of a param value; floats rounded so that JSON round trips compare equal."""
+    if type(value) is float:  # noqa: E721 - bool and int pass through unchanged
+        return int(value) if value.is_integer() else float(f"{value:.12g}")
+    return value
+
+
+def params_key(params: Mapping[str, Any], names: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(canonical(params.get(name)) for name in names)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One trial as the tree sees it."""
+
+    number: int
+    state: TrialState
+    params: Mapping[str, Any]
+    # Finished: the trial's R² (the last reported value for a pruned trial, 0.0 for a failed
+    # one). Running: None.
+    r2: float | None
+    failed: bool
+    test_pearson: float | None
+    intermediate: tuple[tuple[int, float], ...]
+    completed: datetime | None
+    record: Mapping[str, Any] | None
+    key: tuple[Any, ...]  # params_key over every knob: identical params sets share it
+    group: tuple[Any, ...]  # params_key over every knob but the seed: the replicate group
+
+    @property
+    def finished(self) -> bool:
+        return self.state in _FINISHED
+
+    @property
+    def can_be_parent(self) -> bool:
+        return self.finished and not self.failed
+
+    @property
+    def parent(self) -> int | None:
+        return None if self.record is None else int(self.record["parent"])
+
+    @property
+    def strategy(self) -> str | None:
+        return None if self.record is None else str(self.record["strategy"])
+
+    @property
+    def changes(self) -> tuple[tuple[str, Any, Any], ...]:
+        if self.record is None:
+            return ()
+        return tuple((str(k), old, new) for k, old, new in self.record.get("changes", ()))
+
+    @property
+    def mutation(self) -> str:
+        return "unknown" if self.record is None else str(self.record["mutation"])
+
+    @property
+    def spread_item(self) -> int | None:
+        item = None if self.record is None else self.record.get("spread")
+        return None if item is None else int(item)
+
+    @property
+    def block_root(self) -> int | None:
+        root = None if self.record is None else self.record.get("root")
+        return None if root is None else int(root)
+
+    @property
+    def gap(self) -> float | None:
+        """The degeneracy gap ``test_pearson - R²``; None without a test_pearson."""
+        if self.failed or self.r2 is None or self.test_pearson is None:
+            return None
+        return self.test_pearson - self.r2
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def read_node(trial: FrozenTrial, base_params: Mapping[str, Any], names: Sequence[str],
+              group_names: Sequence[str]) -> Node | None:
+    """The node of a trial, or None for a trial that is not (yet) part of the tree.
+
+    A waiting trial has not started; a running trial without a record is being decided right
+    now (or was started by another sampler): neither is a node yet.
+    """
+    record = trial.system_attrs.get(RECORD_KEY)
+    if trial.state == TrialState.WAITING:
+        return None
+    if trial.state == TrialState.RUNNING and record is None:
+        return None
+    params = dict(base_params)
+    if record is not None:
+        params.update(record["params"])
+    # The values the objective actually received win over the proposal.
+    params.update({k: v for k, v in trial.params.items() if k in params})
+    r2: float | None = None
+    failed = False
+    intermediate = tuple(sorted((int(s), float(v)) for s, v in trial.intermediate_values.items()
+                                if _finite(v) is not None))
+    if trial.state == TrialState.COMPLETE:
+        r2 = _finite(trial.value)
+    elif trial.state == TrialState.PRUNED:
+        r2 = intermediate[-1][1] if intermediate else None
+    if trial.state in _FINISHED and r2 is None:
+        failed, r2 = True, 0.0
+    return Node(
+        number=trial.number,
+        state=trial.state,
+        params=params,
+        r2=r2,
+        failed=failed,
+        test_pearson=_finite(trial.user_attrs.get("test_pearson")),
+        intermediate=intermediate,
+        completed=trial.datetime_complete,
+        record=record,
+        key=params_key(params, names),
+        group=params_key(params, group_names),
+    )
+
+
+def read_nodes(trials: Iterable[FrozenTrial], base_params: Mapping[str, Any],
+               names: Sequence[str], group_names: Sequence[str],
+               cache: MutableMapping[int, Node] | None = None) -> list[Node]:
+    """The nodes of ``trials``, by trial number.
+
+    ``cache`` (trial id -> node) keeps the nodes of finished trials, which never change: a
+    decision then parses only the trials that finished since the last one.
+    """
+    nodes = []
+    for t in trials:
+        node = cache.get(t._trial_id) if cache is not None else None
+        if node is None:
+            node = read_node(t, base_params, names, group_names)
+            if node is None:
+                continue
+            if cache is not None and node.finished:
+                cache[t._trial_id] = node
+        nodes.append(node)
+    nodes.sort(key=lambda n: n.number)
+    return nodes
+
+
+def completion_order(nodes: Iterable[Node]) -> list[Node]:
+    """Finished nodes in the order they finished (ties and unknown times by trial number)."""
+    finished = [n for n in nodes if n.finished]
+    return sorted(finished, key=lambda n: (n.completed or datetime.max, n.number))
+
+
+def block_of(number: int, n_iter_block: int) -> int:
+    """Blocks count from 1 and hold ``n_iter_block`` consecutive trial numbers each."""
+    return number // n_iter_block + 1
+
+
+def block_start(block: int, n_iter_block: int) -> int:
+    return (block - 1) * n_iter_block
+
+
+# ---------------------------------------------------------------------------------------------
+# Incumbent
+
+
+@dataclass(frozen=True)
+class Incumbent:
+    """The best replicate group: trials with the same params except for the training seed."""
+
+    node: Node  # the group's first trial that did not fail: the one children hang from
+    mean_r2: float
+    runs: int  # finished trials of the group
+    members: int  # finished + running trials of the group
+
+
+def incumbent(nodes: Iterable[Node]) -> Incumbent | None:
+    """The best finished trial, ranked by the mean R² of its replicates; ties to the older."""
+    groups: dict[tuple[Any, ...], list[Node]] = {}
+    for node in nodes:
+        groups.setdefault(node.group, []).append(node)
+    best: tuple[float, int] | None = None
+    result: Incumbent | None = None
+    for members in groups.values():
+        done = [m for m in members if m.finished]
+        parents = [m for m in done if m.can_be_parent]
+        if not parents:
+            continue
+        mean = sum(m.r2 for m in done if m.r2 is not None) / len(done)
+        first = min(parents, key=lambda m: m.number)
+        rank = (-mean, first.number)
+        if best is None or rank < best:
+            best = rank
+            result = Incumbent(node=first, mean_r2=mean, runs=len(done), members=len(members))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The block's tree and its PUCT scores
+
+
+@dataclass(frozen=True)
+class Score:
+    """One candidate parent with its PUCT score."""
+
+    node: Node
+    parent: int | None  # the parent in this block's tree; None for the root
+    ucb: float
+    visits: int
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The current block's tree: its root and the block's nodes hanging from it."""
+
+    block: int
+    root: int  # a trial number, or VIRTUAL_ROOT for the config's base values
+    root_node: Node | None
+    members: tuple[Node, ...]  # the block's nodes, running ones included (virtual loss)
+    tree_parent: Mapping[int, int | None]
+    visits: Mapping[int, int]
+
+    @property
+    def n(self) -> int:
+        """N of the PUCT formula: the nodes in the block, running ones included."""
+        return len(self.members)
+
+    def scores(self, c: float) -> list[Score]:
+        """Candidate parents by UCB, best first; ties to the lower trial number.
+
+        ``UCB(u) = R2(u) + c * sqrt(N) / (1 + V(u))`` with ``V(u) = 1 + descendants of u in the
+        block``. Failed and running nodes are counted in N and V but are never candidates.
+        """
+        candidates = [m for m in self.members if m.can_be_parent]
+        if (self.root_node is not None and self.root_node.can_be_parent
+                and all(m.number != self.root for m in self.members)):
+            candidates.append(self.root_node)
+        sqrt_n = math.sqrt(self.n)
+        out = []
+        for node in candidates:
+            visits = self.visits.get(node.number, 1)
+            assert node.r2 is not None
+            ucb = node.r2 + c * sqrt_n / (1 + visits)
+            out.append(Score(node=node, parent=self.tree_parent.get(node.number), ucb=ucb,
+                             visits=visits))
+        out.sort(key=lambda s: (-s.ucb, s.node.number))
+        return out
+
+
+def resolve_root(block: int, members: Sequence[Node], nodes: Sequence[Node]) -> int:
+    """The root of a block.
+
+    Block 1 grows from the config's base values: its root is the trial that ran them
+    (strategy ``root``) once there is one. A later block restarts from the incumbent, fixed by
+    the block's first decision and recorded on every trial of the block, so that the workers
+    deciding later in the block all agree on it.
+    """
+    if block == 1:
+        runs = [m.number for m in members if m.strategy == "root"]
+        return min(runs) if runs else VIRTUAL_ROOT
+    for member in members:  # sorted by number: the block's first recorded decision wins
+        if member.block_root is not None:
+            return member.block_root
+    best = incumbent(nodes)
+    return VIRTUAL_ROOT if best is None else best.node.number
+
+
+def build_tree(block: int, root: int, members: Sequence[Node],
+               by_number: Mapping[int, Node]) -> Tree:
+    ids = {m.number for m in members}
+    tree_parent: dict[int, int | None] = {}
+    for m in members:
+        p = m.parent
+        if m.number == root:
+            tree_parent[m.number] = None
+        elif p is not None and p in ids and p != m.number:
+            tree_parent[m.number] = p
+        else:
+            # A parent outside the block (or no record): the node hangs from the block's root.
+            tree_parent[m.number] = None if root == VIRTUAL_ROOT else root
+    if root != VIRTUAL_ROOT and root not in ids:
+        tree_parent[root] = None
+    visits: dict[int, int] = {m.number: 1 for m in members}
+    visits.setdefault(root, 1)
+    for m in members:
+        seen = {m.number}
+        up = tree_parent.get(m.number)
+        # Parents are decided before their children, so the walk ends; the guard is for
+        # hand-edited storages only.
+        while up is not None and up not in seen:
+            seen.add(up)
+            visits[up] = visits.get(up, 1) + 1
+            up = tree_parent.get(up)
+    if root == VIRTUAL_ROOT:
+        visits.pop(VIRTUAL_ROOT, None)
+    return Tree(block=block, root=root, root_node=by_number.get(root), members=tuple(members),
+                tree_parent=tree_parent, visits=visits)
