@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         if "unrecognized arguments:" in message:
             bad = message.split(":", 1)[1].split()
-            known = [o for a in self._actions for o in a.option_strings]
+            known = _option_strings(self)
             hint = ""
             for word in bad:
                 match = difflib.get_close_matches(word.split("=")[0], known, n=1)
@@ -41,6 +41,18 @@ class _Parser(argparse.ArgumentParser):
                     break
             message += hint
         raise UsageError(f"{self.prog}: {message}")
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option of a parser and of its subcommands (argparse reports a subcommand's
+    unrecognized arguments from the top-level parser)."""
+    out: list[str] = []
+    for action in parser._actions:
+        out += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _option_strings(sub)
+    return sorted(set(out))
 
 
 def _add_config(p: argparse.ArgumentParser, *, default: str | None = DEFAULT_CONFIG) -> None:
