@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 from torch_geometric.utils import scatter
 
-from metab_opt.config import GraphModelConfig, SimulationConfig
+from metab_opt.config import GraphModelConfig
 
 __all__ = ["MLP", "MetabolismGNN", "build_graph"]
 

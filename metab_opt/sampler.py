@@ -18,9 +18,9 @@ What the sampler writes on each trial, before the objective runs:
 Strategies, in the order they are tried for a new trial:
 
 1. ``enqueued``: ``study.enqueue_trial(params)``; used as given, hung from the block's root.
-2. ``root`` / ``initial-spread``: the first trials of a block run the root (block 1: the config's
-   base values; later blocks: a ``replicate`` of the root if it has a single run), then step
-   lr_k, lr_node and lr_sub one grid step each from the root.
+2. ``root`` / ``initial-spread``: the first trials of a block (4, at most half the block) run
+   the root (block 1: the config's base values; later blocks: a ``replicate`` of the root if it
+   has a single run), then step lr_k, lr_node and lr_sub one grid step each from the root.
 3. ``replicate``: the incumbent (best replicate mean) has a single run: re-run it with a new
    training seed before trusting it.
 4. ``degeneracy-break``: the last 3 finished trials all had ``test_pearson - R² > 0.3``: raise
@@ -97,7 +97,8 @@ _RISING_MIN_GAIN = 1e-3
 # wait for it, so that decisions are made in trial-number order. Older ones were started by
 # something else (another sampler, a dead worker) and are ignored.
 _DECISION_GRACE_S = 10.0
-_POLL_S = 0.005
+# Polling backs off from 5 ms to 50 ms: on SQLite every read holds up the writer it waits for.
+_POLL_S = (0.005, 0.05)
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,17 @@ class UCBMutationSampler(BaseSampler):
     def ucb_c(self) -> float:
         return self._ucb_c
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The cache and its lock stay behind (a lock cannot be pickled; the cache refills).
+        state = self.__dict__.copy()
+        del state["_cache"], state["_cache_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache = weakref.WeakKeyDictionary()
+        self._cache_lock = threading.Lock()
+
     def reseed_rng(self) -> None:
         # Optuna calls this when it starts each of the n_jobs threads. The decision seed must
         # stay as it is, or the workers would decide differently from one another (as QMCSampler
@@ -257,9 +269,10 @@ class UCBMutationSampler(BaseSampler):
             "parent_rule": decision.parent_rule,
         }
         _write_attrs(study._storage, trial._trial_id, {RECORD_KEY: record}, user)
-        # The same dicts back the Trial object the objective receives.
-        trial.system_attrs[RECORD_KEY] = record
-        trial.user_attrs.update(user)
+        # The Trial object the objective receives reads this FrozenTrial. New dicts rather than
+        # updates in place: an in-memory storage may share the old ones with other readers.
+        trial.system_attrs = {**trial.system_attrs, RECORD_KEY: record}
+        trial.user_attrs = {**trial.user_attrs, **user}
         _logger.debug(f"Trial {trial.number}: parent={decision.parent} "
                       f"strategy={decision.strategy} mutation={record['mutation']}")
 
@@ -305,6 +318,7 @@ class UCBMutationSampler(BaseSampler):
         Deciding in trial-number order is what makes simultaneous workers see each other's
         pending children (the virtual loss) and never pick the same (parent, mutation).
         """
+        delay = _POLL_S[0]
         while True:
             trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
             now = datetime.datetime.now()
@@ -316,7 +330,8 @@ class UCBMutationSampler(BaseSampler):
             ]
             if not pending:
                 return trials
-            time.sleep(_POLL_S)
+            time.sleep(delay)
+            delay = min(2 * delay, _POLL_S[1])
 
 
 class _Planner:
@@ -334,7 +349,6 @@ class _Planner:
         self.knobs = sampler._knobs
         self.by_name = {k.name: k for k in self.knobs}
         self.anchors = sampler._base
-        self.number = number
         next_number = len(trials) if number is None else number
         self.block = block or ucb.block_of(next_number, sampler._n_iter_block)
         start = ucb.block_start(self.block, sampler._n_iter_block)
@@ -361,12 +375,11 @@ class _Planner:
                 self.known.add(ucb.params_key(fixed, sampler._names))
         self.order = ucb.completion_order(self.nodes)
         self.memory = mut.direction_memory(self.nodes, self.by_number, self.knobs, self.anchors)
-        seed_number = next_number
-        rng = np.random.default_rng([sampler._seed, seed_number])
+        rng = np.random.default_rng([sampler._seed, next_number])
         self.coins = {k.name: bool(c) for k, c in zip(self.knobs, rng.random(len(self.knobs))
                                                          < 0.5)}
         # A second, separate stream for values, so the coins do not depend on the code path.
-        self.value_rng = np.random.default_rng([sampler._seed, seed_number, 1])
+        self.value_rng = np.random.default_rng([sampler._seed, next_number, 1])
         self.mutable = [k for k in self.knobs if not ucb.is_seed_knob(k)]
         self.seed_knob = next((k for k in self.knobs if ucb.is_seed_knob(k)), None)
 
@@ -376,6 +389,8 @@ class _Planner:
         node = self.by_number.get(self.root)
         if node is None:
             return "the config's base values"
+        if node.failed:
+            return f"the config's base values; their run, node {node.number}, failed"
         r2 = "running" if node.r2 is None else f"R2 {node.r2:.3f}"
         return f"node {node.number}, {r2}"
 
@@ -485,8 +500,10 @@ class _Planner:
         items: list[str | None] = [None]  # slot 0: the root itself
         items += [name for name in _SPREAD_KNOBS
                   if name in self.by_name and not ucb.is_seed_knob(self.by_name[name])]
-        if self.position >= len(items):
-            return None
+        # At most half a block, so that small blocks still leave room for the rules; but the
+        # base values are run first however small the blocks are.
+        if self.position >= min(len(items), self.s._n_iter_block // 2):
+            return self.spread_slot(0, None) if self.root == ucb.VIRTUAL_ROOT else None
         done = {m.spread_item for m in self.members if m.spread_item is not None}
         for slot, name in enumerate(items):
             if slot in done:

@@ -143,16 +143,27 @@ class GroupAdam:
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        torch._foreach_lerp_(self.m, grads, 1.0 - self.b1)
-        torch._foreach_mul_(self.v, self.b2)
-        torch._foreach_addcmul_(self.v, grads, grads, 1.0 - self.b2)
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if len(live) < len(self.params):  # like torch.optim.Adam: no gradient, no update
+            self._step([self.params[i] for i in live], [self.m[i] for i in live],
+                       [self.v[i] for i in live], [self.lrs[i] for i in live])
+        else:
+            self._step(self.params, self.m, self.v, self.lrs)
+
+    def _step(self, params: list[Tensor], m: list[Tensor], v: list[Tensor],
+              lrs: list[float]) -> None:
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        torch._foreach_lerp_(m, grads, 1.0 - self.b1)
+        torch._foreach_mul_(v, self.b2)
+        torch._foreach_addcmul_(v, grads, grads, 1.0 - self.b2)
         bc1 = 1.0 - self.b1**self.t
         bc2 = 1.0 - self.b2**self.t
-        denom = torch._foreach_sqrt(self.v)
+        denom = torch._foreach_sqrt(v)
         torch._foreach_div_(denom, math.sqrt(bc2))
         torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(self.params, self.m, denom, [-lr / bc1 for lr in self.lrs])
+        torch._foreach_addcdiv_(params, m, denom, [-lr / bc1 for lr in lrs])
 
 
 def _r2_now(model: MetabolismGNN, log_k_true: np.ndarray) -> float:
@@ -212,7 +223,7 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
     y = torch.as_tensor(ds.y, dtype=torch.float32, device=dev)
     n_frames = x.shape[0]
     n_steps = t.n_steps(n_frames) if max_steps is None else min(max_steps, t.n_steps(n_frames))
-    report_every = t.report_every or max(1, n_steps // 20)
+    report_every = t.report_every or max(1, math.ceil(n_steps / 20))
     hist_every = max(1, n_steps // history_points)
     coeffs = torch.tensor([1.0, t.coeff_MLP_sub_diff, t.coeff_MLP_node_L1, t.coeff_k_center,
                            t.coeff_k_floor, t.coeff_MLP_sub_norm], device=dev)

@@ -305,3 +305,16 @@ def test_seed_reproduces_the_initialisation() -> None:
     assert not torch.equal(sa["log_k"], sc["log_k"])
     assert not torch.equal(sa["mlp_sub.0.weight"], sc["mlp_sub.0.weight"])
     assert not torch.equal(sa["embedding"], sc["embedding"])
+
+
+def test_through_origin_cancels_the_last_sub_bias() -> None:
+    """f = MLP_sub(c, s) - MLP_sub(0, s): MLP_sub's last bias drops out (which is why the
+    "every parameter learns" check of test_training leaves it aside under this option)."""
+    model = make_model(sub_through_origin=True)
+    c = frames(4)
+    with torch.no_grad():
+        before = model.forward_parts(c)
+        model.mlp_sub.last.bias += 3.0
+        after = model.forward_parts(c)
+    torch.testing.assert_close(after.dcdt, before.dcdt, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after.grid_sub, before.grid_sub, rtol=0, atol=1e-5)
