@@ -288,8 +288,11 @@ def resolve_root(block: int, members: Sequence[Node], nodes: Sequence[Node]) -> 
     deciding later in the block all agree on it.
     """
     if block == 1:
-        runs = [m.number for m in members if m.strategy == "root"]
-        return min(runs) if runs else VIRTUAL_ROOT
+        # A root run that failed (its worker was killed) gives way to its retry, which
+        # carries the same decision: the root is the first root run that did not fail.
+        runs = [m for m in members if m.strategy == "root"]
+        alive = [m.number for m in runs if not m.failed]
+        return min(alive or [m.number for m in runs]) if runs else VIRTUAL_ROOT
     for member in members:  # sorted by number: the block's first recorded decision wins
         if member.block_root is not None:
             return member.block_root

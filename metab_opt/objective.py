@@ -8,7 +8,9 @@ trial record) -> plots uploaded as trial artifacts -> ``rate_constants_R2``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,6 +25,8 @@ from metab_opt.config import Config, apply_params
 from metab_opt.simulation import Dataset, load_or_build
 
 __all__ = ["HEADLINE", "Objective", "RunResult", "run_training", "write_analysis_log"]
+
+logger = logging.getLogger(__name__)
 
 # The first lines of analysis.log, in the instructions' order; the rest follow sorted.
 HEADLINE = ("final_loss", "rate_constants_R2", "rate_constants_R2_shifted", "test_R2",
@@ -80,30 +84,41 @@ def _write_plots(out: Path, step: int, metrics: dict[str, Any], arrays: dict[str
 def run_training(cfg: Config, *, out_dir: str | Path, data_root: str | Path | None = None,
                  device: str = "auto", progress: bool = False,
                  on_report: Callable[[Any], None] | None = None,
-                 dataset: Dataset | None = None, max_steps: int | None = None) -> RunResult:
+                 dataset: Dataset | None = None, max_steps: int | None = None,
+                 plots: bool = True,
+                 on_write_error: Callable[[OSError], None] | None = None) -> RunResult:
     """Train once with ``cfg`` and write the run's outputs under ``out_dir``.
 
     A diverged run raises :class:`metab_opt.training.TrainingDiverged`; the caller decides
-    what a failed run is.
+    what a failed run is. A disk error while writing the outputs (full, read-only) is raised,
+    or, with ``on_write_error``, passed to it and the result returned without those files.
     """
-    from metab_opt.training import evaluate, train
+    from metab_opt.training import cpu_threads, evaluate, train
 
     t0 = time.perf_counter()
     ds = dataset if dataset is not None else load_or_build(cfg.simulation, data_root)[0]
     result = train(ds, cfg, device=device, on_report=on_report, progress=progress,
                    max_steps=max_steps)
-    metrics, arrays = evaluate(result.model, ds, cfg)
+    with cpu_threads(1 if result.device == "cpu" else None):  # the trainer's thread policy
+        metrics, arrays = evaluate(result.model, ds, cfg)
     metrics.update({"training_seconds": round(result.seconds, 3), "steps": result.steps,
                     "steps_per_s": round(result.steps / max(result.seconds, 1e-9), 1),
                     "device": result.device,
                     "oracle_R2": ds.manifest.get("oracle_R2")})
     metrics = {k: _json_safe(v) for k, v in metrics.items()}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = _write_plots(out, result.steps, metrics, arrays, ds, result.history_steps,
-                         result.history)
-    write_analysis_log(out / "analysis.log", metrics)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    paths: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [] if not plots else _write_plots(out, result.steps, metrics, arrays, ds,
+                                                  result.history_steps, result.history)
+        write_analysis_log(out / "analysis.log", metrics)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        # A full disk costs the run's files, not its result (a study keeps it in its storage).
+        if on_write_error is None:
+            raise
+        on_write_error(exc)
     return RunResult(metrics=metrics, out_dir=out, plot_paths=paths,
                      seconds=time.perf_counter() - t0)
 
@@ -118,7 +133,7 @@ class Objective:
 
     def __init__(self, cfg: Config, *, root: str | Path, data_root: str | Path | None = None,
                  device: str = "auto", artifact_store: Any = None, progress: bool = False,
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, plots: bool = True) -> None:
         self.cfg = cfg
         self.root = Path(root)
         self.data_root = data_root
@@ -126,6 +141,7 @@ class Objective:
         self.artifact_store = artifact_store
         self.progress = progress
         self.max_steps = max_steps
+        self.plots = plots
         self._dataset: Dataset | None = None
 
     def dataset(self) -> Dataset:
@@ -140,11 +156,53 @@ class Objective:
         trial.set_user_attr("fail_reason", reason)
 
     def __call__(self, trial: Any) -> float:
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            # Wherever Ctrl-C lands (sampling, training, evaluation, upload), the trial that
+            # Optuna now fails says why.
+            if trial.user_attrs.get("fail_reason") != "interrupted":
+                try:
+                    self._fail(trial, "interrupted")
+                except Exception:  # a storage error must not turn Ctrl-C into a failed trial
+                    pass
+            raise
+        except Exception as exc:
+            # Whatever failed outside the training (params outside the search space, the
+            # sampler's suggestions), the failed trial says why in one line.
+            from optuna import TrialPruned
+
+            if not isinstance(exc, TrialPruned) and not trial.user_attrs.get("fail_reason"):
+                with contextlib.suppress(Exception):  # never mask the error itself
+                    self._fail(trial, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            raise
+
+    @staticmethod
+    def _mark_retry(trial: Any) -> None:
+        """A trial re-queued after its worker died carries the dead trial's sampler attrs
+        (RetryHeartbeatStaleTrialCallback copies them): renumber it as its own node."""
+        try:  # Optuna 5's Trial has no system_attrs: read them from the storage
+            system = trial.storage.get_trial_system_attrs(trial._trial_id)
+        except AttributeError:  # a FrozenTrial or a FixedTrial (optuna.trial.FixedTrial)
+            system = getattr(trial, "system_attrs", {})
+        original = system.get("failed_trial")
+        if original is None:
+            return
+        trial.set_user_attr("retry_of", original)
+        if "node_id" in trial.user_attrs and trial.user_attrs["node_id"] != trial.number:
+            trial.set_user_attr("node_id", trial.number)
+            rule = trial.user_attrs.get("parent_rule")
+            if isinstance(rule, str) and not rule.startswith("retry of"):
+                trial.set_user_attr("parent_rule", f"retry of trial {original}, whose worker "
+                                                   f"died (same params); {rule}")
+
+    def _run(self, trial: Any) -> float:
         import optuna
 
         from metab_opt.sampler import suggest_params
         from metab_opt.training import TrainingDiverged
 
+        self._mark_retry(trial)
         params = suggest_params(trial, self.cfg.search)
         cfg = apply_params(self.cfg, params)
         out = self.root / "trials" / f"trial_{trial.number:04d}"
@@ -157,28 +215,39 @@ class Objective:
                 trial.set_user_attr("fail_reason", f"pruned at step {rep.step}")
                 raise optuna.TrialPruned(f"pruned at step {rep.step} (R2 {rep.r2:.3f})")
 
+        write_errors: list[OSError] = []
         try:
             res = run_training(cfg, out_dir=out, device=self.device, progress=self.progress,
                                on_report=report, dataset=self.dataset(),
-                               max_steps=self.max_steps)
+                               max_steps=self.max_steps, plots=self.plots,
+                               on_write_error=write_errors.append)
         except optuna.TrialPruned:
             raise
         except TrainingDiverged as exc:
             self._fail(trial, str(exc))
-            raise
-        except KeyboardInterrupt:
-            self._fail(trial, "interrupted")
             raise
         except Exception as exc:  # any error fails this trial only; the study goes on
             self._fail(trial, f"{type(exc).__name__}: {exc}".splitlines()[0])
             raise
         for key, value in res.metrics.items():
             trial.set_user_attr(key, value)
-        if self.artifact_store is not None:
+        if self.artifact_store is not None and not write_errors:
             from optuna.artifacts import upload_artifact
 
-            for path in res.plot_paths:
-                upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
-                                study_or_trial=trial)
+            try:
+                for path in res.plot_paths:
+                    upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
+                                    study_or_trial=trial)
+            except OSError as exc:  # a full disk or a read-only folder: the result stays
+                write_errors.append(exc)
+        if write_errors:
+            exc = write_errors[0]
+            message = (f"cannot write {exc.filename or out} ({exc.strerror or exc}); the result "
+                       f"is in the storage, the trial's plots and files are missing")
+            trial.set_user_attr("outputs_error", message)
+            logger.warning("trial %d: %s", trial.number, message)
         value = res.metrics["rate_constants_R2"]
-        return float(value) if value is not None else float("nan")
+        if value is None:  # a nan or inf R² (stored as None): Optuna fails the trial
+            self._fail(trial, "rate_constants_R2 is not finite (nan or inf after training)")
+            return float("nan")
+        return float(value)

@@ -19,9 +19,10 @@ CPU the non-finite check runs every step, where it costs nothing).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "build_model",
+    "cpu_threads",
     "evaluate",
     "param_groups",
     "select_device",
@@ -203,11 +205,18 @@ def train(ds: Dataset, cfg: Config, *, device: str | torch.device = "auto",
     second OpenMP thread spinning against any other work made steps up to 5x slower.
     """
     dev = select_device(device) if isinstance(device, str) else device
-    previous = torch.get_num_threads()
-    if dev.type == "cpu" and threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with cpu_threads(threads if dev.type == "cpu" else None):
         return _train(ds, cfg, dev, on_report, progress, max_steps, history_points)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` torch CPU threads inside the block (None: leave torch's setting)."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
     finally:
         torch.set_num_threads(previous)
 
