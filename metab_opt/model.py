@@ -57,8 +57,57 @@ def build_graph(S: np.ndarray, substrate_power: np.ndarray) -> HeteroData:
     return data
 
 
+class _TanhMLPFunction(torch.autograd.Function):
+    """Linear -> tanh -> ... -> Linear in one autograd node (forward and backward by hand)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+        weights = params[0::2]
+        biases = params[1::2]
+        acts = [x]
+        h = x
+        for w, b in zip(weights[:-1], biases[:-1]):
+            # tanh(z) = 2 sigmoid(2z) - 1: addmm yields 2z at no cost; on CPU torch's sigmoid
+            # is ~2x faster than its tanh for these sizes (measured 60 vs 200 us).
+            h = torch.sigmoid(torch.addmm(b, h, w.t(), beta=2.0, alpha=2.0)).mul_(2.0).sub_(1.0)
+            acts.append(h)
+        out = torch.addmm(biases[-1], h, weights[-1].t())
+        ctx.save_for_backward(*acts, *weights)
+        ctx.n = len(weights)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        n = ctx.n
+        acts, weights = saved[:n], saved[n:]
+        grads: list[Tensor | None] = [None] * (2 * n)
+        g = grad_out
+        grad_x = None
+        for i in range(n - 1, -1, -1):
+            h_in = acts[i]
+            w = weights[i]
+            if h_in.shape[1] < 8:  # a thin input: this product shape is much faster on CPU
+                grads[2 * i] = (h_in.t() @ g).t()
+            else:
+                grads[2 * i] = g.t() @ h_in
+            grads[2 * i + 1] = g.sum(0)
+            if i > 0:
+                g = torch.ops.aten.tanh_backward(g @ w, h_in)
+            elif ctx.needs_input_grad[0]:
+                grad_x = g @ w
+        return (grad_x, *grads)
+
+
 class MLP(nn.Sequential):
-    """``n_layers`` linear layers of width ``hidden``, tanh between them, one output."""
+    """``n_layers`` linear layers of width ``hidden``, tanh between them, one output.
+
+    The layers are ordinary ``nn.Linear`` modules (parameters, state dicts and initialisation
+    as usual), but the forward pass runs them as one autograd node,
+    :class:`_TanhMLPFunction`, whose hand-written backward cut the CPU time of an MLP's
+    forward and backward by ~20 % for a batch of 865 rows at width 64 (1.41 -> 1.12 ms;
+    ``torch.autograd.gradcheck`` passes in float64).
+    """
 
     def __init__(self, n_in: int, hidden: int, n_layers: int) -> None:
         layers: list[nn.Module] = []
@@ -68,6 +117,12 @@ class MLP(nn.Sequential):
             width = hidden
         layers.append(nn.Linear(width, 1))
         super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        params = [p for layer in self if isinstance(layer, nn.Linear)
+                  for p in (layer.weight, layer.bias)]
+        flat = x.reshape(-1, x.shape[-1])
+        return _TanhMLPFunction.apply(flat, *params).reshape(*x.shape[:-1], 1)
 
     @property
     def last(self) -> nn.Linear:

@@ -318,3 +318,20 @@ def test_through_origin_cancels_the_last_sub_bias() -> None:
         after = model.forward_parts(c)
     torch.testing.assert_close(after.dcdt, before.dcdt, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(after.grid_sub, before.grid_sub, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_in", [2, 3, 16])
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_fused_mlp_matches_layer_by_layer_and_gradcheck(n_in: int, n_layers: int) -> None:
+    """The one-node MLP (hand-written backward) equals nn.Sequential's Linear/Tanh chain."""
+    from torch import nn
+
+    from metab_opt.model import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(n_in, 8, n_layers).double()
+    x = torch.randn(5, 4, n_in, dtype=torch.float64, requires_grad=True)
+    reference = nn.Sequential.forward(mlp, x)
+    assert torch.allclose(mlp(x), reference, atol=1e-12)
+    params = [p for layer in mlp if isinstance(layer, nn.Linear) for p in (layer.weight, layer.bias)]
+    assert torch.autograd.gradcheck(lambda inp, *ps: mlp(inp), (x, *params))
