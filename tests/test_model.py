@@ -333,5 +333,6 @@ def test_fused_mlp_matches_layer_by_layer_and_gradcheck(n_in: int, n_layers: int
     x = torch.randn(5, 4, n_in, dtype=torch.float64, requires_grad=True)
     reference = nn.Sequential.forward(mlp, x)
     assert torch.allclose(mlp(x), reference, atol=1e-12)
-    params = [p for layer in mlp if isinstance(layer, nn.Linear) for p in (layer.weight, layer.bias)]
+    params = [p for layer in mlp if isinstance(layer, nn.Linear)
+              for p in (layer.weight, layer.bias)]
     assert torch.autograd.gradcheck(lambda inp, *ps: mlp(inp), (x, *params))
