@@ -113,11 +113,12 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
                 # Heartbeats and the retry callback are "experimental".
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(
+                    storage = optuna.storages.RDBStorage(
                         engine_url, engine_kwargs=engine_kwargs,
                         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                         heartbeat_stale_trial_callback=_retry_stale_trial_callback(3),
                     )
+                return _record_stale_reason(storage, grace_period)
             except Exception as exc:
                 if attempt == 5 or not _table_creation_race(exc):
                     raise
@@ -139,6 +140,30 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
     except Exception as exc:  # sqlalchemy.exc.OperationalError and friends
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StorageError(f"--storage {_redact(url)}: cannot connect ({reason})") from None
+
+
+def _record_stale_reason(storage: Any, grace_period: int) -> Any:
+    """Make the storage write a stale trial's ``fail_reason`` when it reports the trial stale.
+
+    Optuna's ``fail_stale_trials``, which every worker runs before each of its trials, asks the
+    storage for the stale trials and fails them at once; a finished trial takes no attribute,
+    so the reason is written in between, while the trial still runs. (A note taken in the
+    objective comes too late: by then Optuna has failed the trial.)
+    """
+    find = storage._get_stale_trial_ids
+    reason = f"worker lost (no heartbeat for over {grace_period} s: killed or crashed)"
+
+    def stale_trial_ids(study_id: int) -> list[int]:
+        ids = find(study_id)
+        for trial_id in ids:
+            try:
+                storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            except Exception:  # finished meanwhile (another worker), or a storage hiccup
+                pass
+        return ids
+
+    storage._get_stale_trial_ids = stale_trial_ids
+    return storage
 
 
 def _table_creation_race(exc: BaseException) -> bool:
