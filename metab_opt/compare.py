@@ -113,7 +113,8 @@ def _check_sampler_packages(samplers: Iterable[str]) -> None:
             module, dist = _SAMPLER_NEEDS[kind]
             if not _has_module(module):
                 raise ConfigError(f"--samplers {kind}: Optuna's sampler needs the '{dist}' "
-                                  f"package, which is not installed (pip install {dist})")
+                                  f"package, which is not installed (pip install {dist}, "
+                                  f"or the extra: pip install .[compare])")
 
 
 # ---------------------------------------------------------------------------------------------
