@@ -61,6 +61,7 @@ from optuna.logging import get_logger
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -237,6 +238,11 @@ class UCBMutationSampler(BaseSampler):
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         if RECORD_KEY in trial.system_attrs:
             return  # decided already (a Trial object built again for the same trial)
+        if is_heartbeat_enabled(study._storage):
+            # Optuna starts a trial's heartbeat only after sampling, and its stale-trial check
+            # skips a RUNNING trial that never had one: a worker killed while this decision
+            # waits or writes would leave its trial RUNNING for ever. One beat now closes that.
+            study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         if study._is_multi_objective():
             raise ValueError("UCBMutationSampler: the study must have one objective (the R² to "
                              f"maximize), got {len(study.directions)}")

@@ -226,6 +226,7 @@ def _study_trials(db: Path) -> dict[str, list[FrozenTrial]]:
             for s in storage.get_all_studies()}
 
 
+@pytest.mark.slow  # ~40 s: `make test-all` or `pytest -m slow`
 def test_command_on_tiny_then_resume(tmp_path: Path, tiny_data_root: Path) -> None:
     root = tmp_path / "cmp"
     argv = [sys.executable, "-m", "metab_opt", "compare", "--config", "configs/tiny.yaml",

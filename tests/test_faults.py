@@ -267,6 +267,7 @@ def test_sigkill_during_training_then_resume(driver: Path, tmp_path: Path, tiny_
     _check_dataset(tiny_data_root)
 
 
+@pytest.mark.slow  # ~40 s: `make test-all` or `pytest -m slow`
 def test_sigkill_during_logbook_writes_then_resume(driver: Path, tmp_path: Path,
                                                    tiny_data_root: Path,
                                                    tiny_dataset: Any) -> None:
@@ -298,6 +299,7 @@ def test_sigkill_during_logbook_writes_then_resume(driver: Path, tmp_path: Path,
     _check_study(root, complete=4, kills=0)
 
 
+@pytest.mark.slow  # ~40 s: `make test-all` or `pytest -m slow`
 def test_sigkill_during_dataset_build_then_resume(driver: Path, tmp_path: Path) -> None:
     """Four runs on a fresh data root killed while building the dataset — in the simulation,
     in the middle of arrays.npz, before the folder's rename, just after it — then a resume:
@@ -331,6 +333,7 @@ def _complete(root: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # ~40 s: `make test-all` or `pytest -m slow`
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path, tiny_data_root: Path,
                                               tiny_dataset: Any) -> None:
     """Two kills at seeded random moments (anywhere: sampling, training, evaluation, plots,
