@@ -27,7 +27,6 @@ import re
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from metab_opt._io import atomic_write
 from metab_opt.config import Config, ConfigError, TrainingConfig, load_config, parse_overrides
 
 __all__ = [
@@ -465,18 +465,7 @@ class CompareReport:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
 
 
 def _plot(path: Path, summaries: Mapping[str, SamplerSummary], n_trials: int,

@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import statistics
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 import filelock
 from optuna.trial import FrozenTrial, TrialState
+
+from metab_opt._io import atomic_write
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -839,22 +840,6 @@ def _finished_by(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> list[Froz
 # Files
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader sees the old or the new file, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these views are for people to read
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _append(path: Path, data: bytes) -> int:
     """Append ``data`` durably; return the file's new size."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -1026,8 +1011,8 @@ class Logbook:
             with filelock.FileLock(str(self.lock_path), timeout=self.lock_timeout):
                 try:
                     self._write_entries(study, trials, current, rows)
-                    _atomic_write(self.memory_path, memory.encode())
-                    _atomic_write(self.ucb_path, ucb_text.encode())
+                    atomic_write(self.memory_path, memory.encode())
+                    atomic_write(self.ucb_path, ucb_text.encode())
                     if self.draw_tree:
                         self._draw_tree(trials)
                 finally:
@@ -1119,9 +1104,9 @@ class Logbook:
             size, index = None, None
         if index is None or size is None or size <= len(title):
             # A fresh log: the title, then the entries.
-            _atomic_write(self.analysis_path, title)
+            atomic_write(self.analysis_path, title)
             index = _Index(self.study_name, fingerprint, len(title), set())
-            _atomic_write(self.index_path, index.to_json().encode())
+            atomic_write(self.index_path, index.to_json().encode())
         if index.fingerprint is None and fingerprint is not None:
             index.fingerprint = fingerprint
         return index
@@ -1153,7 +1138,7 @@ class Logbook:
         size = _append(self.analysis_path, "".join(chunks).encode())
         index.size = size
         index.written.update(t.number for t in missing)
-        _atomic_write(self.index_path, index.to_json().encode())
+        atomic_write(self.index_path, index.to_json().encode())
 
     def _orphan(self, trial: FrozenTrial) -> bool:
         """Whether a trial finished so long ago that its own worker will not write its entry."""

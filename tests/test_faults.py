@@ -84,7 +84,7 @@ if kind == "training":  # arg: the n-th training of this process, the report to 
 elif kind == "logbook":  # arg: the n-th entry appended, where, the fraction written
     import metab_opt.logbook as lb
     nth, where, fraction = int(arg[0]), arg[1], float(arg[2])
-    real_append, real_atomic, appends = lb._append, lb._atomic_write, [0]
+    real_append, real_atomic, appends = lb._append, lb.atomic_write, [0]
 
     def _append(path, data):
         appends[0] += 1
@@ -107,7 +107,7 @@ elif kind == "logbook":  # arg: the n-th entry appended, where, the fraction wri
             os.write(fd, data[:max(1, int(len(data) * fraction))])
             die("in the middle of the memory file's rewrite")
         return real_atomic(path, data)
-    lb._append, lb._atomic_write = _append, _atomic_write
+    lb._append, lb.atomic_write = _append, _atomic_write
 
 elif kind == "dataset":  # arg: where in the build
     import numpy as np

@@ -676,7 +676,7 @@ def test_disk_errors_warn_and_sync_repairs(tmp_path: Path, config: Config,
 
     with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
         patch.setattr(lb, "_append", refuse)
-        patch.setattr(lb, "_atomic_write", refuse)
+        patch.setattr(lb, "atomic_write", refuse)
         run_trials(study, explorer, 2, [book])  # no exception reaches Optuna
     warnings = [r for r in caplog.records
                 if r.name == "metab_opt.logbook" and r.levelno >= logging.WARNING]
