@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from metab_opt.config import ConfigError, load_config, parse_overrides
+from metab_opt.study import check_device
 
 __all__ = ["main"]
 
@@ -98,15 +99,6 @@ def _load(args: argparse.Namespace, *, check_frozen: bool = True) -> Any:
                        check_frozen=check_frozen)
 
 
-def _check_device(name: str) -> None:
-    from metab_opt.training import select_device
-
-    try:
-        select_device(name)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from metab_opt.simulation import load_or_build
 
@@ -129,7 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from metab_opt.training import TrainingDiverged
 
     cfg = _load(args)
-    _check_device(args.device)  # fail early, before anything is written
+    check_device(args.device)  # fail early, before anything is written
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected a positive integer, got {args.max_steps}")
     out = Path(args.out) if args.out else Path("studies") / "train" / cfg.name
@@ -152,7 +144,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from metab_opt.bench import bench
 
     cfg = _load(args)
-    _check_device(args.device)
+    check_device(args.device)
     if args.steps < 10:
         raise UsageError(f"--steps: expected at least 10, got {args.steps}")
     print(json.dumps(bench(cfg, data_root=args.data_root, device=args.device, steps=args.steps,

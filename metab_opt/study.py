@@ -34,6 +34,7 @@ __all__ = [
     "add_compare_arguments",
     "add_dashboard_arguments",
     "add_study_arguments",
+    "check_device",
     "check_resumable",
     "default_storage_url",
     "make_sampler",
@@ -694,7 +695,8 @@ def _load_cfg(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=parse_overrides(args.overrides))
 
 
-def _check_device(name: str) -> None:
+def check_device(name: str) -> None:
+    """Fail in one line (ConfigError) on a device this machine does not have."""
     from metab_opt.training import select_device
 
     try:
@@ -709,7 +711,7 @@ def run_command(args: argparse.Namespace) -> int:
         # A refusal to resume and a bad storage are seconds faster than torch's import.
         check_resumable(cfg, name=args.study_name, root=args.root, storage_url=args.storage,
                         sampler_kind=args.sampler)
-        _check_device(args.device)
+        check_device(args.device)
         if args.storage and _is_journal(args.storage):
             print("metab-opt study: note: a journal storage has no heartbeats; a worker killed "
                   "outright leaves its trial RUNNING (fail it by hand before resuming)",
