@@ -473,7 +473,7 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
                       ucb_scores=None if sampler_kind == "ucb" else _no_ucb_table)
     # A worker killed outright left its trial RUNNING: fail it (and queue its retry) before the
     # views are synced, so that its entry comes in trial order.
-    _fail_stale_trials(study, grace_period)
+    _fail_stale_trials(study)
     logbook.sync(study)  # views missing after a crash are written from the storage
     objective = Objective(cfg, root=paths.folder,
                           data_root=data_root if data_root is not None else Path(root) / "data",
@@ -485,17 +485,12 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
     line = _ProgressLine(n)
     owned = _track_trials(sampler)
 
-    def run_trial(trial: Any) -> float:
-        # Optuna fails stale trials itself before each trial; the reason is recorded first.
-        _note_stale_trials(study, grace_period)
-        return objective(trial)
-
     reason = "aborted"
     log_filter = _QuietFailures()
     optimize_logger = logging.getLogger("optuna.study._optimize")
     optimize_logger.addFilter(log_filter)
     try:
-        study.optimize(run_trial, n_trials=n, timeout=timeout, n_jobs=n_jobs,
+        study.optimize(objective, n_trials=n, timeout=timeout, n_jobs=n_jobs,
                        catch=(Exception,), callbacks=[logbook, line])
     except KeyboardInterrupt:
         reason = "interrupted"
@@ -560,40 +555,11 @@ def _fail_owned_running(study: Any, owned: set[int], reason: str) -> None:
                   file=sys.stderr)
 
 
-def _stale_trial_ids(study: Any) -> list[int]:
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-    storage = study._storage
-    if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
-        return []  # a journal storage has no heartbeats
-    return list(storage._get_stale_trial_ids(study._study_id))
-
-
-def _note_stale_trials(study: Any, grace_period: int) -> None:
-    """Record why a stale trial (a worker killed outright) is about to be failed."""
-    import optuna
-
-    try:
-        stale = _stale_trial_ids(study)
-    except Exception:  # a view of the storage, never a reason to stop
-        return
-    for trial_id in stale:
-        try:
-            study._storage.set_trial_user_attr(
-                trial_id, "fail_reason",
-                f"worker lost (no heartbeat for over {grace_period} s: killed or crashed)")
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
-        except Exception:
-            return
-
-
-def _fail_stale_trials(study: Any, grace_period: int) -> None:
+def _fail_stale_trials(study: Any) -> None:
     """Fail the stale trials now (Optuna would do it before the next trial) and queue their
-    retries, with the reason recorded."""
+    retries; the storage records the reason (:func:`_record_stale_reason`)."""
     import optuna
 
-    _note_stale_trials(study, grace_period)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
