@@ -244,6 +244,7 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
     check_each_step = dev.type == "cpu"
     reports: list[Report] = []
     bar = None
+    bar_every = max(1, n_steps // 200)
     if progress:
         from tqdm.auto import tqdm
 
@@ -266,6 +267,8 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
             if step % hist_every == 0:
                 hist[step // hist_every - 1] = hist_acc / hist_every
                 hist_acc.zero_()
+            if bar is not None and step % bar_every == 0:
+                bar.update(step - bar.n)  # a step count only: no device sync
             if step % report_every == 0 or step == n_steps:
                 means = (rep_acc / (step - rep_start)).tolist()
                 rep_acc.zero_()
