@@ -21,6 +21,7 @@ from metab_opt.training import (
     build_model,
     param_groups,
     select_device,
+    term_weights,
 )
 
 __all__ = ["bench"]
@@ -54,8 +55,7 @@ def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "au
         t = cfg.training
         x = torch.as_tensor(ds.x, dtype=torch.float32, device=dev)
         y = torch.as_tensor(ds.y, dtype=torch.float32, device=dev)
-        coeffs = torch.tensor([1.0, t.coeff_MLP_sub_diff, t.coeff_MLP_node_L1, t.coeff_k_center,
-                               t.coeff_k_floor, t.coeff_MLP_sub_norm], device=dev)
+        coeffs = term_weights(cfg, dev)
         centre = cfg.simulation.log_k_center
         gen = torch.Generator(device=dev).manual_seed(t.seed)
 
@@ -64,7 +64,7 @@ def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "au
 
         def batched() -> None:
             idx = torch.randint(x.shape[0], (t.batch_size,), generator=gen, device=dev)
-            total = (_step_terms(model, x[idx], y[idx], cfg, coeffs, centre) * coeffs).sum()
+            total = (_step_terms(model, x[idx], y[idx], cfg, centre) * coeffs).sum()
             opt.zero_grad()
             total.backward()
             opt.step()
@@ -76,7 +76,7 @@ def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "au
             idx = torch.randint(x.shape[0], (t.batch_size,), generator=gen, device=dev)
             total = x.new_zeros(())
             for i in idx.tolist():
-                terms = _step_terms(ref_model, x[i:i + 1], y[i:i + 1], cfg, coeffs, centre)
+                terms = _step_terms(ref_model, x[i:i + 1], y[i:i + 1], cfg, centre)
                 total = total + (terms * coeffs).sum()
             ref_opt.zero_grad(set_to_none=True)
             (total / t.batch_size).backward()

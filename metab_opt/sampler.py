@@ -641,23 +641,21 @@ class _Planner:
         order = sorted(self.mutable, key=lambda k: (k.name in recent_names,
                                                     last_moved[k.name] if k.name in recent_names
                                                     else index[k.name]))
-        for parent in self.parents():
-            for knob in order:
-                found = self.one_step(parent.params, knob)
-                if found is not None:
-                    params, change = found
-                    return _Decision(params, parent.number, "explore", (change,),
-                                     parent.describe("explore"))
-        return None
+        return self._first_step(order, "explore")
 
     def exploit(self) -> _Decision | None:
+        return self._first_step(self.mutable, "exploit")
+
+    def _first_step(self, knobs: Sequence[Knob], strategy: str) -> _Decision | None:
+        """One grid step of the first knob, in ``knobs`` order, that gives an untried child of
+        the best-ranked parent that has one."""
         for parent in self.parents():
-            for knob in self.mutable:
+            for knob in knobs:
                 found = self.one_step(parent.params, knob)
                 if found is not None:
                     params, change = found
-                    return _Decision(params, parent.number, "exploit", (change,),
-                                     parent.describe("exploit"))
+                    return _Decision(params, parent.number, strategy, (change,),
+                                     parent.describe(strategy))
         return None
 
     def fallback(self) -> _Decision | None:

@@ -45,6 +45,7 @@ __all__ = [
     "evaluate",
     "param_groups",
     "select_device",
+    "term_weights",
     "train",
 ]
 
@@ -173,8 +174,15 @@ def _r2_now(model: MetabolismGNN, log_k_true: np.ndarray) -> float:
         "rate_constants_R2"]
 
 
+def term_weights(cfg: Config, device: torch.device | str = "cpu") -> Tensor:
+    """The weight of each of :data:`TERMS` in the total loss (1 for the prediction loss)."""
+    t = cfg.training
+    return torch.tensor([1.0, t.coeff_MLP_sub_diff, t.coeff_MLP_node_L1, t.coeff_k_center,
+                         t.coeff_k_floor, t.coeff_MLP_sub_norm], device=device)
+
+
 def _step_terms(model: MetabolismGNN, c: Tensor, y: Tensor, cfg: Config,
-                coeffs: Tensor, k_center: float) -> Tensor:
+                k_center: float) -> Tensor:
     """The six loss terms of one batch, unweighted, as a (6,) tensor."""
     t = cfg.training
     parts = model.forward_parts(c)
@@ -234,8 +242,7 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
     n_steps = t.n_steps(n_frames) if max_steps is None else min(max_steps, t.n_steps(n_frames))
     report_every = t.report_every or max(1, math.ceil(n_steps / 20))
     hist_every = max(1, n_steps // history_points)
-    coeffs = torch.tensor([1.0, t.coeff_MLP_sub_diff, t.coeff_MLP_node_L1, t.coeff_k_center,
-                           t.coeff_k_floor, t.coeff_MLP_sub_norm], device=dev)
+    coeffs = term_weights(cfg, dev)
     k_center = cfg.simulation.log_k_center
     gen = torch.Generator(device=dev).manual_seed(t.seed)
     hist = torch.zeros(n_steps // hist_every + 1, len(TERMS), device=dev)
@@ -254,7 +261,7 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
     try:
         for step in range(1, n_steps + 1):
             idx = torch.randint(n_frames, (t.batch_size,), generator=gen, device=dev)
-            terms = _step_terms(model, x[idx], y[idx], cfg, coeffs, k_center)
+            terms = _step_terms(model, x[idx], y[idx], cfg, k_center)
             total = (terms * coeffs).sum()
             if check_each_step and not math.isfinite(float(total.detach())):
                 raise TrainingDiverged(step, _bad_term(terms))

@@ -63,7 +63,7 @@ def as_tensors(ds: Dataset, idx) -> tuple[torch.Tensor, torch.Tensor]:
 
 def step_terms(model, ds: Dataset, cfg: Config, idx=slice(0, 8)) -> torch.Tensor:
     c, y = as_tensors(ds, idx)
-    return _step_terms(model, c, y, cfg, coeff_tensor(cfg), cfg.simulation.log_k_center)
+    return _step_terms(model, c, y, cfg, cfg.simulation.log_k_center)
 
 
 def draws(n: int, n_frames: int, size: int = 8, seed: int = 0) -> list[np.ndarray]:
