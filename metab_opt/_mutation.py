@@ -109,6 +109,13 @@ class DirectionMemory:
             first = UP if coin else DOWN
         return first, -first
 
+    def exhausted(self, name: str, min_tries: int) -> bool:
+        """At least ``min_tries`` single-knob moves of ``name``, and no direction helped on
+        average."""
+        stats = self.gains.get(name, {})
+        tries = sum(count for _, count in stats.values())
+        return tries >= min_tries and all(total <= 0 for total, _ in stats.values())
+
 
 def direction_memory(nodes: Iterable[Node], by_number: Mapping[int, Node],
                      knobs: Sequence[Knob], anchors: Mapping[str, Any]) -> DirectionMemory:

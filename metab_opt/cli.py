@@ -85,6 +85,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2000, help="timed steps per measurement")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
+    p = sub.add_parser("replicate", help="one config trained with several seeds: the spread")
+    _add_config(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
+                   help="training seeds (default: 0 1 2)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: studies/replicate/<name>)")
+    p.add_argument("--data-root", default=None, help="dataset cache (default: studies/data)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
     from metab_opt import study as study_mod
 
     study_mod.add_study_arguments(sub.add_parser("study", help="run or resume a study"))
@@ -152,6 +161,35 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replicate(args: argparse.Namespace) -> int:
+    from metab_opt.replicate import replicate
+
+    cfg = _load(args)
+    check_device(args.device)
+    bad = [s for s in args.seeds if s < 0]
+    if bad or len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds: expected distinct integers >= 0, got "
+                         f"{' '.join(map(str, args.seeds))}")
+    out = Path(args.out) if args.out else Path("studies") / "replicate" / cfg.name
+
+    def show(row: dict[str, Any]) -> None:
+        if row["status"] == "failed":
+            print(f"seed {row['seed']}: failed ({row['reason']})", flush=True)
+            return
+        print(f"seed {row['seed']}: R2 {row['rate_constants_R2']:.4f}, shifted "
+              f"{row['rate_constants_R2_shifted']:.4f}, test_pearson {row['test_pearson']:.3f}, "
+              f"outliers {row['n_outliers']}, {row['steps']} steps in "
+              f"{row['training_seconds']:.0f} s ({row['wall_seconds']:.0f} s wall)", flush=True)
+
+    result = replicate(cfg, seeds=args.seeds, out=out, data_root=args.data_root,
+                       device=args.device, progress=True, on_run=show)
+    for key, s in result["summary"].items():
+        print(f"{key}: mean {s['mean']:.4f} sd {s['sd']:.4f} "
+              f"(range {s['min']:.4f} .. {s['max']:.4f}, n = {s['n']})")
+    print(f"runs and summary in {out}")
+    return 0 if all(r["status"] != "failed" for r in result["runs"]) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _build_parser()
@@ -162,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "replicate":
+            return _cmd_replicate(args)
         from metab_opt import study as study_mod
 
         return study_mod.run_command(args)

@@ -21,17 +21,28 @@ Strategies, in the order they are tried for a new trial:
 2. ``root`` / ``initial-spread``: the first trials of a block (4, at most half the block) run
    the root (block 1: the config's base values; later blocks: a ``replicate`` of the root if it
    has a single run), then step lr_k, lr_node and lr_sub one grid step each from the root.
-3. ``replicate``: the incumbent (best replicate mean) has a single run: re-run it with a new
-   training seed before trusting it.
-4. ``degeneracy-break``: the last 3 finished trials all had ``test_pearson - R² > 0.3``: raise
-   lr_k, lower lr_node and lr_sub by one step each, as one mutation.
+3. ``replicate``: the incumbent (best replicate mean) has a single run and is not failed
+   (R² >= 0.1): re-run it with a new training seed before trusting it. A failed run is not
+   worth a second look at the same params.
+4. ``degeneracy-break``: the last 3 finished trials were all degenerate by the instructions'
+   table (``metrics.diagnose``: test_pearson > 0.95, i.e. good dynamics, and R² <= 0.9, i.e.
+   wrong k): raise lr_k, lower lr_node and lr_sub by one step each, as one mutation. A large
+   ``test_pearson - R²`` alone is not enough: with R² far below 0 the gap is large whatever the
+   dynamics, and those runs are failed, not degenerate.
 5. ``boundary-probe``: the last 3 finished trials all had ``R² >= 0.9``: push one knob to an end
    of its range.
 6. ``duration``: the chosen parent's intermediate R² was still rising over its last quarter:
    raise data_augmentation_loop one step.
-7. ``explore``: the last 4 finished trials were all partial (``0.1 <= R² <= 0.9``): step the first
-   knob, in exploration order, that none of those 4 trials (nor a running one) mutated.
-8. ``exploit``: step the first knob, in exploration order, that gives an untried child.
+7. ``explore``: the last 4 finished trials were all partial (``0.1 <= R² <= 0.9``) or all failed
+   (``R² < 0.1``): step the knob moved least recently in the whole study (never moved first, in
+   exploration order), skipping those a running trial moves. Round-robin over every knob, so a
+   long stall reaches the knobs late in the order too.
+8. ``exploit``: step the first knob, in exploration order, that gives an untried child; knobs
+   that have not paid off (3 or more single-knob tries, no direction with a positive mean ΔR²)
+   go last.
+
+``explore`` and ``exploit`` first follow through: when the parent was itself made by a one-knob
+step that raised R² over its own parent, the same knob is stepped again the same way.
 
 A rule that cannot produce a new params set from the best-ranked parent tries the next parent by
 UCB; a rule that cannot produce one at all gives way to the next rule.
@@ -68,6 +79,7 @@ from optuna.trial import FrozenTrial, TrialState
 from metab_opt import _mutation as mut
 from metab_opt import _ucb as ucb
 from metab_opt.config import Config, Knob, SearchConfig, load_config
+from metab_opt.metrics import diagnose
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -84,10 +96,12 @@ STRATEGIES = ("root", "initial-spread", "enqueued", "replicate", "degeneracy-bre
 # The instructions' thresholds.
 _CONVERGED_R2 = 0.9  # boundary-probe: R² >= this for _STREAK_BOUNDARY trials in a row
 _PARTIAL_R2 = (0.1, 0.9)  # explore: all of the last _STREAK_EXPLORE trials in this range
-_DEGENERATE_GAP = 0.3  # degeneracy-break: test_pearson - R² above this ...
+_DEGENERATE = ("degenerate", "severely degenerate")  # degeneracy-break: diagnoses ...
 _STREAK_BOUNDARY = 3
 _STREAK_EXPLORE = 4
 _STREAK_DEGENERACY = 3  # ... for this many finished trials in a row
+# exploit: a knob with this many single-knob tries and no direction that helped on average.
+_EXHAUSTED_TRIES = 3
 # The knobs of the initial spread and of the degeneracy-break, by name.
 _SPREAD_KNOBS = ("lr_k", "lr_node", "lr_sub")
 _DEGENERACY_MOVES = (("lr_k", mut.UP), ("lr_node", mut.DOWN), ("lr_sub", mut.DOWN))
@@ -430,11 +444,13 @@ class _Planner:
             params[name] = new
         return params if self.is_new(params) else None
 
-    def one_step(self, parent: Mapping[str, Any], knob: Knob) -> tuple[dict[str, Any],
-                                                                         mut.Change] | None:
-        """The knob one grid step away, in the preferred direction first."""
+    def one_step(self, parent: Mapping[str, Any], knob: Knob,
+                 first: int | None = None) -> tuple[dict[str, Any], mut.Change] | None:
+        """The knob one grid step away: in ``first`` direction, else the preferred one, first."""
         old = parent[knob.name]
-        for d in self.memory.preferred(knob.name, self.coins[knob.name]):
+        directions = (self.memory.preferred(knob.name, self.coins[knob.name]) if first is None
+                      else (first, -first))
+        for d in directions:
             new = mut.neighbour(knob, old, d, self.anchors[knob.name])
             if new is None:
                 continue
@@ -547,7 +563,7 @@ class _Planner:
 
     def replicate(self) -> _Decision | None:
         best = ucb.incumbent(self.nodes)
-        if best is None or best.members > 1:
+        if best is None or best.members > 1 or best.mean_r2 < _PARTIAL_R2[0]:
             return None
         found = self.replicate_of(best.node.number, best.node.params)
         if found is None:
@@ -559,7 +575,8 @@ class _Planner:
 
     def degeneracy_break(self) -> _Decision | None:
         recent = self.last(_STREAK_DEGENERACY)
-        if recent is None or not all(n.gap is not None and n.gap > _DEGENERATE_GAP
+        if recent is None or not all(n.gap is not None
+                                     and diagnose(n.test_pearson, n.r2) in _DEGENERATE
                                      for n in recent):
             return None
         for parent in self.parents():
@@ -624,38 +641,66 @@ class _Planner:
 
     def explore(self) -> _Decision | None:
         recent = self.last(_STREAK_EXPLORE)
-        low, high = _PARTIAL_R2
-        if recent is None or not all(not n.failed and n.r2 is not None and low <= n.r2 <= high
-                                     for n in recent):
+        if recent is None:
             return None
-        # "Recently": by the trials of the partial streak and by the running ones. Knobs outside
-        # that set come first, in exploration order; then the rest, least recently moved first.
-        recent_nodes = list(recent) + [n for n in self.nodes if not n.finished]
-        recent_names = {name for n in recent_nodes for name, _, _ in n.changes}
+        low, high = _PARTIAL_R2
+        partial = all(not n.failed and n.r2 is not None and low <= n.r2 <= high for n in recent)
+        failed = all(n.failed or (n.r2 is not None and n.r2 < low) for n in recent)
+        if not (partial or failed):
+            return None
+        # Least recently moved first, over the whole study (never moved: -1, in exploration
+        # order); the knobs a running trial moves go last. Counting only the streak's own
+        # trials would cycle through the first five knobs of the order for ever.
+        running = {name for n in self.nodes if not n.finished for name, _, _ in n.changes}
         last_moved = {k.name: -1 for k in self.mutable}
         for node in self.nodes:
             for name, _, _ in node.changes:
                 if name in last_moved:
                     last_moved[name] = max(last_moved[name], node.number)
         index = {k.name: i for i, k in enumerate(self.mutable)}
-        order = sorted(self.mutable, key=lambda k: (k.name in recent_names,
-                                                    last_moved[k.name] if k.name in recent_names
-                                                    else index[k.name]))
+        order = sorted(self.mutable, key=lambda k: (k.name in running, last_moved[k.name],
+                                                    index[k.name]))
         return self._first_step(order, "explore")
 
     def exploit(self) -> _Decision | None:
-        return self._first_step(self.mutable, "exploit")
+        # Knobs that have not paid off go last: the memory of the bench comparison showed
+        # lr_k stepped in 36 of 72 trials, 13 of them down with a mean ΔR² of -0.10.
+        exhausted = {k.name for k in self.mutable
+                     if self.memory.exhausted(k.name, _EXHAUSTED_TRIES)}
+        order = sorted(self.mutable, key=lambda k: k.name in exhausted)
+        return self._first_step(order, "exploit")
+
+    def follow_through(self, parent: _Parent) -> tuple[Knob, int] | None:
+        """The knob (and direction) of the one-step move that made ``parent`` better than its
+        own parent, if that is how ``parent`` came about."""
+        node = self.by_number.get(parent.number)
+        if node is None or node.r2 is None or len(node.changes) != 1:
+            return None
+        grand = self.by_number.get(node.parent) if node.parent is not None else None
+        if grand is None or grand.r2 is None or node.r2 <= grand.r2:
+            return None
+        name, old, new = node.changes[0]
+        knob = self.by_name.get(name)
+        if knob is None or ucb.is_seed_knob(knob):
+            return None
+        return knob, mut.direction_of(knob, old, new, self.anchors[name])
 
     def _first_step(self, knobs: Sequence[Knob], strategy: str) -> _Decision | None:
         """One grid step of the first knob, in ``knobs`` order, that gives an untried child of
-        the best-ranked parent that has one."""
+        the best-ranked parent that has one; a knob that just paid off on that parent first,
+        the same way."""
         for parent in self.parents():
-            for knob in knobs:
-                found = self.one_step(parent.params, knob)
+            lead = self.follow_through(parent)
+            steps: list[tuple[Knob, int | None]] = [] if lead is None else [lead]
+            steps += [(k, None) for k in knobs]
+            for knob, first in steps:
+                found = self.one_step(parent.params, knob, first)
                 if found is not None:
                     params, change = found
-                    return _Decision(params, parent.number, strategy, (change,),
-                                     parent.describe(strategy))
+                    rule = parent.describe(strategy)
+                    if first is not None:
+                        rule += f"; {knob.name} raised R2 on the step before: once more"
+                    return _Decision(params, parent.number, strategy, (change,), rule)
         return None
 
     def fallback(self) -> _Decision | None:

@@ -714,7 +714,7 @@ def test_grid_keeps_exact_anchor_and_ends(knob: Knob, anchor: Any) -> None:
         ("k_floor_threshold", -2.1, -2.0),
         ("k_floor_threshold", -9.0, -3.0),
         ("coeff_k_floor", 0.0, 0.0),
-        ("coeff_k_floor", 0.09, 0.1),
+        ("coeff_k_floor", 0.09, 1.0),  # below min_positive (1): snaps up to it
         ("coeff_k_floor", 2.0, 3.16228),
         ("coeff_k_floor", 1e6, 10.0),
         ("sub_through_origin", True, True),
