@@ -16,7 +16,7 @@ import torch
 from metab_opt.config import Config
 from metab_opt.simulation import load_or_build
 from metab_opt.training import (
-    GroupAdam,
+    _make_step,
     _step_terms,
     build_model,
     param_groups,
@@ -44,7 +44,8 @@ def _timed(step: Any, n: int, warmup: int, dev: torch.device) -> float:
 
 
 def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "auto",
-          steps: int = 2000, threads: int | None = None) -> dict[str, Any]:
+          steps: int = 2000, threads: int | None = None,
+          cuda_graph: bool = True) -> dict[str, Any]:
     """Steps per second of the batched trainer and of the per-sample reference."""
     dev = select_device(device)
     previous = torch.get_num_threads()
@@ -59,15 +60,13 @@ def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "au
         centre = cfg.simulation.log_k_center
         gen = torch.Generator(device=dev).manual_seed(t.seed)
 
-        model = build_model(ds, cfg, dev)
-        opt = GroupAdam(param_groups(model, cfg))
+        # The trainer's own step (on a GPU: replayed from a CUDA graph).
+        take_step = _make_step(build_model(ds, cfg, dev), cfg, x, y, gen, cuda_graph)
+        count = [0]
 
         def batched() -> None:
-            idx = torch.randint(x.shape[0], (t.batch_size,), generator=gen, device=dev)
-            total = (_step_terms(model, x[idx], y[idx], cfg, centre) * coeffs).sum()
-            opt.zero_grad()
-            total.backward()
-            opt.step()
+            count[0] += 1
+            take_step(count[0])
 
         ref_model = build_model(ds, cfg, dev)
         ref_opt = torch.optim.Adam(param_groups(ref_model, cfg))
@@ -90,6 +89,7 @@ def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "au
             "config": cfg.name,
             "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
             "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+            "cuda_graph": bool(getattr(take_step, "graphed", False)),
             "batch_size": t.batch_size,
             "steps_per_s": round(fast, 1),
             "reference_steps_per_s": round(ref, 1),

@@ -77,6 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="dataset cache (default: studies/data)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="on a GPU, run each step eagerly instead of replaying a CUDA graph")
 
     p = sub.add_parser("bench", help="trainer speed against a per-sample reference")
     _add_config(p)
@@ -84,6 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=2000, help="timed steps per measurement")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="on a GPU, time the eager step instead of the CUDA-graph replay")
 
     p = sub.add_parser("replicate", help="one config trained with several seeds: the spread")
     _add_config(p)
@@ -136,7 +140,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("studies") / "train" / cfg.name
     try:
         res = run_training(cfg, out_dir=out, data_root=args.data_root, device=args.device,
-                           progress=True, max_steps=args.max_steps)
+                           progress=True, max_steps=args.max_steps,
+                           cuda_graph=not args.no_cuda_graph)
     except TrainingDiverged as exc:
         print(f"metab-opt train: training failed: {exc}", file=sys.stderr)
         return 1
@@ -157,7 +162,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.steps < 10:
         raise UsageError(f"--steps: expected at least 10, got {args.steps}")
     print(json.dumps(bench(cfg, data_root=args.data_root, device=args.device, steps=args.steps,
-                           threads=args.threads)))
+                           threads=args.threads, cuda_graph=not args.no_cuda_graph)))
     return 0
 
 

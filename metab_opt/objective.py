@@ -86,7 +86,8 @@ def run_training(cfg: Config, *, out_dir: str | Path, data_root: str | Path | No
                  on_report: Callable[[Any], None] | None = None,
                  dataset: Dataset | None = None, max_steps: int | None = None,
                  plots: bool = True,
-                 on_write_error: Callable[[OSError], None] | None = None) -> RunResult:
+                 on_write_error: Callable[[OSError], None] | None = None,
+                 cuda_graph: bool = True) -> RunResult:
     """Train once with ``cfg`` and write the run's outputs under ``out_dir``.
 
     A diverged run raises :class:`metab_opt.training.TrainingDiverged`; the caller decides
@@ -98,7 +99,7 @@ def run_training(cfg: Config, *, out_dir: str | Path, data_root: str | Path | No
     t0 = time.perf_counter()
     ds = dataset if dataset is not None else load_or_build(cfg.simulation, data_root)[0]
     result = train(ds, cfg, device=device, on_report=on_report, progress=progress,
-                   max_steps=max_steps)
+                   max_steps=max_steps, cuda_graph=cuda_graph)
     with cpu_threads(1 if result.device == "cpu" else None):  # the trainer's thread policy
         metrics, arrays = evaluate(result.model, ds, cfg)
     metrics.update({"training_seconds": round(result.seconds, 3), "steps": result.steps,

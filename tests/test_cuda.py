@@ -76,3 +76,37 @@ def test_run_training_on_cuda_writes_outputs(tiny_cfg: Config, tiny_dataset: Dat
     assert math.isfinite(metrics["rate_constants_R2"])
     assert run.metrics["steps"] == 200
     assert (tmp_path / "tmp_training" / "loss.png").is_file()
+
+
+def test_cuda_graph_step_matches_eager_step(tiny_cfg: Config, tiny_dataset: Dataset) -> None:
+    """Replayed from a CUDA graph, the run follows the eager run (same batches, same update)."""
+    steps = 500
+    eager = train(tiny_dataset, tiny_cfg, device="cuda", max_steps=steps, cuda_graph=False)
+    graphed = train(tiny_dataset, tiny_cfg, device="cuda", max_steps=steps, cuda_graph=True)
+    assert torch.allclose(eager.model.log_k, graphed.model.log_k, atol=1e-3)
+    for (name, p), q in zip(eager.model.named_parameters(), graphed.model.parameters()):
+        assert torch.allclose(p, q, rtol=5e-2, atol=5e-3), name
+    assert [r.step for r in eager.reports] == [r.step for r in graphed.reports]
+    assert abs(eager.reports[-1].r2 - graphed.reports[-1].r2) < 0.01
+    np.testing.assert_allclose(eager.history["loss"], graphed.history["loss"], rtol=5e-2,
+                               atol=1e-6)
+
+
+def test_cuda_graph_run_stops_on_a_non_finite_loss(tiny_cfg: Config,
+                                                   tiny_dataset: Dataset) -> None:
+    import dataclasses
+
+    from metab_opt.training import TrainingDiverged
+
+    bad = dataclasses.replace(tiny_cfg, training=dataclasses.replace(
+        tiny_cfg.training, learning_rate_k=1000.0))
+    with pytest.raises(TrainingDiverged):
+        train(tiny_dataset, bad, device="cuda", max_steps=400, cuda_graph=True)
+
+
+def test_bench_on_cuda_uses_the_graph(tiny_cfg: Config, tiny_data_root: Path,
+                                      tiny_dataset: Dataset) -> None:
+    from metab_opt.bench import bench
+
+    out = bench(tiny_cfg, data_root=tiny_data_root, device="cuda", steps=200)
+    assert out["cuda_graph"] is True and out["steps_per_s"] > 0
