@@ -781,3 +781,24 @@ def test_seed_knob() -> None:
     assert grid[0] == 0 and grid[-1] == 2**31 - 1
     assert {10**9 - 1, 10**9, 10**9 + 1} <= set(grid) and len(grid) <= 2100
     assert knob.snap(10**9 + 3, 10**9) == 10**9 + 3
+
+
+@pytest.mark.parametrize("name", ["rank50_best", "bench"])
+def test_rank50_variants_share_the_rank50_dataset_and_search_space(name: str) -> None:
+    """The variants change training values only: the same data, model sizes and knobs."""
+    rank50, variant = _CFGS["rank50"], load_config(CONFIGS / f"{name}.yaml")
+    assert variant.simulation_hash() == rank50.simulation_hash()
+    assert variant.simulation == rank50.simulation
+    assert {k.name for k in variant.search.knobs} == {k.name for k in rank50.search.knobs}
+    for key in ("hidden_dim_sub", "n_layers_sub", "hidden_dim_node", "n_layers_node",
+                "embedding_dim", "aggr_type"):
+        assert getattr(variant.graph_model, key) == getattr(rank50.graph_model, key), key
+
+
+def test_rank50_best_is_the_documented_recipe() -> None:
+    best = load_config(CONFIGS / "rank50_best.yaml")
+    assert best.graph_model.sub_through_origin is True
+    assert best.graph_model.c_scale == pytest.approx(10**1.5)
+    assert best.training.coeff_MLP_sub_norm == 1.0 and best.training.coeff_k_floor == 1.0
+    assert best.training.learning_rate_sub == 5e-3 and best.training.coeff_k_center == 0.0
+    assert best.training.n_steps(best.simulation.n_frames) == 20016
