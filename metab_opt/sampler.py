@@ -41,8 +41,10 @@ Strategies, in the order they are tried for a new trial:
    that have not paid off (3 or more single-knob tries, no direction with a positive mean ΔR²)
    go last.
 
-``explore`` and ``exploit`` first follow through: when the parent was itself made by a one-knob
-step that raised R² over its own parent, the same knob is stepped again the same way.
+``explore`` and ``exploit`` first follow through: when the parent is not failed (R² >= 0.1) and
+was itself made by a one-knob step that raised R² over its own parent, the same knob is stepped
+again the same way. Not from a failed parent: while every run fails, a gain (say R² -58 -> -34)
+says little about the knob, and the round-robin survey finds the knob that matters sooner.
 
 A rule that cannot produce a new params set from the best-ranked parent tries the next parent by
 UCB; a rule that cannot produce one at all gives way to the next rule.
@@ -671,10 +673,10 @@ class _Planner:
         return self._first_step(order, "exploit")
 
     def follow_through(self, parent: _Parent) -> tuple[Knob, int] | None:
-        """The knob (and direction) of the one-step move that made ``parent`` better than its
-        own parent, if that is how ``parent`` came about."""
+        """The knob (and direction) of the one-step move that made ``parent`` (not failed)
+        better than its own parent, if that is how ``parent`` came about."""
         node = self.by_number.get(parent.number)
-        if node is None or node.r2 is None or len(node.changes) != 1:
+        if node is None or node.r2 is None or node.r2 < _PARTIAL_R2[0] or len(node.changes) != 1:
             return None
         grand = self.by_number.get(node.parent) if node.parent is not None else None
         if grand is None or grand.r2 is None or node.r2 <= grand.r2:

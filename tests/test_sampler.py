@@ -519,6 +519,20 @@ def test_a_step_that_paid_off_is_taken_again(strategy_values: list[float]) -> No
     assert record["parent_rule"].endswith("lr_sub raised R2 on the step before: once more")
 
 
+def test_no_follow_through_from_a_failed_parent() -> None:
+    h = History(make_sampler(knobs=NO_SEED))
+    h.add(-1, value=-100.0, strategy="root")
+    h.add(0, {"n_epochs": 2}, value=-120.0, root=0)
+    h.add(0, {"lr_node": 2e-3}, value=-110.0, root=0)
+    child = h.add(0, {"lr_sub": 1e-3}, value=-50.0, root=0)  # better, but still failed
+    record = h.ask().system_attrs[RECORD_KEY]
+    assert record["strategy"] == "explore" and record["parent"] == child
+    # The survey goes on: the first knob in exploration order that no trial has moved.
+    moved = {"n_epochs", "lr_node", "lr_sub"}
+    assert [c[0] for c in record["changes"]] == [next(k.name for k in NO_SEED
+                                                      if k.name not in moved)]
+
+
 def test_exploit_leaves_knobs_that_never_paid_off_for_last() -> None:
     h = History(make_sampler(knobs=NO_SEED, ucb_c=0.0))
     h.add(-1, value=0.9, strategy="root")
