@@ -310,7 +310,9 @@ class _GraphedStep:
                 # Capture (the captured work does not run): the next replays are the steps.
                 self.opt.zero_grad(set_to_none=True)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                # thread_local: other threads' trials (study --n-jobs) may use the GPU while
+                # this one captures; the default ("global") would make their calls fail.
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     self._body()
                 self.graph = graph
             return self.terms.clone()
