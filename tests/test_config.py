@@ -783,7 +783,7 @@ def test_seed_knob() -> None:
     assert knob.snap(10**9 + 3, 10**9) == 10**9 + 3
 
 
-@pytest.mark.parametrize("name", ["rank50_best", "bench"])
+@pytest.mark.parametrize("name", ["rank50_best", "rank50_proxy", "bench"])
 def test_rank50_variants_share_the_rank50_dataset_and_search_space(name: str) -> None:
     """The variants change training values only: the same data, model sizes and knobs."""
     rank50, variant = _CFGS["rank50"], load_config(CONFIGS / f"{name}.yaml")
