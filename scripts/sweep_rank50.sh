@@ -4,7 +4,7 @@
 #   ablation: the leads recipe, one part removed at a time; seedpath: the seed's values with
 #   the structural options added one or a few at a time.
 OUTD=${1:-/tmp/sweep}; DAL=${2:-278}; SET=${3:-ablation}   # DAL 278 -> 20,016 steps at batch 8
-mkdir -p "$OUTD"
+mkdir -p "$OUTD/runs"
 MO="${MO:-python3 -m metab_opt}"
 # The leads recipe (notes/recovery-leads.md) as overrides of rank50.yaml.
 L="graph_model.c_scale=31.622776601683793 graph_model.sub_through_origin=true training.coeff_k_floor=1 training.coeff_MLP_sub_norm=1 training.coeff_k_center=0 training.learning_rate_sub=5e-3"
@@ -37,16 +37,16 @@ else RUNS=(
 ); fi
 for name in "${!RUNS[@]}"; do
   sets=""; for kv in ${RUNS[$name]}; do sets="$sets --set $kv"; done
-  ( timeout 400 $MO train --config configs/rank50.yaml --device cpu --out "/tmp/sw/$name" \
-      $sets --set training.data_augmentation_loop=$DAL > "/tmp/sw_$name.log" 2>&1 ) &
+  ( timeout 400 $MO train --config configs/rank50.yaml --device cpu --out "$OUTD/runs/$name" \
+      $sets --set training.data_augmentation_loop=$DAL > "$OUTD/runs/$name.log" 2>&1 ) &
 done
 wait
 printf "run\tR2\tshifted\ttest_pearson\toutliers\tsteps\tseconds\n" > "$OUTD/sweep.tsv"
 for name in $(printf "%s\n" "${!RUNS[@]}" | sort); do
-  f="/tmp/sw/$name/metrics.json"
+  f="$OUTD/runs/$name/metrics.json"
   if [ -f "$f" ]; then
     python3 -c "import json,sys; m=json.load(open('$f')); print('\t'.join(['$name']+[str(round(m[k],4)) if isinstance(m[k],float) else str(m[k]) for k in ('rate_constants_R2','rate_constants_R2_shifted','test_pearson','n_outliers','steps','training_seconds')]))" >> "$OUTD/sweep.tsv"
   else
-    echo -e "$name\tFAILED $(tail -c 200 /tmp/sw_$name.log | tr '\n\t' '  ')" >> "$OUTD/sweep.tsv"
+    echo -e "$name\tFAILED $(tail -c 200 $OUTD/runs/$name.log | tr '\n\t' '  ')" >> "$OUTD/sweep.tsv"
   fi
 done
