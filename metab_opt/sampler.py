@@ -42,9 +42,10 @@ Strategies, in the order they are tried for a new trial:
    go last.
 
 ``explore`` and ``exploit`` first follow through: when the parent is not failed (R² >= 0.1) and
-was itself made by a one-knob step that raised R² over its own parent, the same knob is stepped
-again the same way. Not from a failed parent: while every run fails, a gain (say R² -58 -> -34)
-says little about the knob, and the round-robin survey finds the knob that matters sooner.
+was itself made by a one-knob step that raised R² over its own parent (or is a replicate of such
+a run), the same knob is stepped again the same way. Not from a failed parent: while every run
+fails, a gain (say R² -58 -> -34) says little about the knob, and the round-robin survey finds
+the knob that matters sooner.
 
 A rule that cannot produce a new params set from the best-ranked parent tries the next parent by
 UCB; a rule that cannot produce one at all gives way to the next rule.
@@ -676,7 +677,15 @@ class _Planner:
         """The knob (and direction) of the one-step move that made ``parent`` (not failed)
         better than its own parent, if that is how ``parent`` came about."""
         node = self.by_number.get(parent.number)
-        if node is None or node.r2 is None or node.r2 < _PARTIAL_R2[0] or len(node.changes) != 1:
+        if node is None or node.r2 is None or node.r2 < _PARTIAL_R2[0]:
+            return None
+        # A replicate (only the training seed changed) stands for the run it repeats: the
+        # parent chosen after a replicate is often the replicate itself.
+        seed_name = None if self.seed_knob is None else self.seed_knob.name
+        while (node is not None and node.parent is not None and len(node.changes) == 1
+               and node.changes[0][0] == seed_name):
+            node = self.by_number.get(node.parent)
+        if node is None or node.r2 is None or len(node.changes) != 1:
             return None
         grand = self.by_number.get(node.parent) if node.parent is not None else None
         if grand is None or grand.r2 is None or node.r2 <= grand.r2:

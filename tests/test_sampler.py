@@ -519,6 +519,18 @@ def test_a_step_that_paid_off_is_taken_again(strategy_values: list[float]) -> No
     assert record["parent_rule"].endswith("lr_sub raised R2 on the step before: once more")
 
 
+def test_follow_through_sees_through_a_replicate() -> None:
+    h = History(make_sampler(ucb_c=0.0))
+    h.add(-1, value=0.5, strategy="root")
+    h.add(0, {"n_epochs": 2}, value=0.2, root=0)
+    h.add(0, {"lr_node": 2e-3}, value=0.3, root=0)
+    child = h.add(0, {"lr_sub": 1e-3}, value=0.7, root=0)
+    again = h.add(child, {"seed": 5}, value=0.71, strategy="replicate", root=0)
+    record = h.ask().system_attrs[RECORD_KEY]
+    assert record["parent"] == again  # the best run: the replicate
+    assert record["changes"] == [["lr_sub", 1e-3, 2e-3]]
+
+
 def test_no_follow_through_from_a_failed_parent() -> None:
     h = History(make_sampler(knobs=NO_SEED))
     h.add(-1, value=-100.0, strategy="root")
