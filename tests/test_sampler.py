@@ -531,6 +531,18 @@ def test_follow_through_sees_through_a_replicate() -> None:
     assert record["changes"] == [["lr_sub", 1e-3, 2e-3]]
 
 
+def test_no_follow_through_on_a_gain_within_noise() -> None:
+    h = History(make_sampler(knobs=NO_SEED, ucb_c=0.0))
+    h.add(-1, value=0.5, strategy="root")
+    h.add(0, {"n_epochs": 2}, value=0.2, root=0)
+    h.add(0, {"lr_node": 2e-3}, value=0.3, root=0)
+    child = h.add(0, {"coeff_MLP_node_L1": 0.316228}, value=0.5001, root=0)
+    record = h.ask().system_attrs[RECORD_KEY]
+    assert record["parent"] == child
+    assert [c[0] for c in record["changes"]] != ["coeff_MLP_node_L1"]
+    assert "once more" not in record["parent_rule"]
+
+
 def test_no_follow_through_from_a_failed_parent() -> None:
     h = History(make_sampler(knobs=NO_SEED))
     h.add(-1, value=-100.0, strategy="root")
