@@ -7,6 +7,7 @@ with the same regularizers, after a warm-up.
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,10 @@ def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "au
 
         # The trainer's own step (on a GPU: replayed from a CUDA graph).
         take_step = _make_step(build_model(ds, cfg, dev), cfg, x, y, gen, cuda_graph)
-        count = [0]
+        step_numbers = itertools.count(1)
 
         def batched() -> None:
-            count[0] += 1
-            take_step(count[0])
+            take_step(next(step_numbers))
 
         ref_model = build_model(ds, cfg, dev)
         ref_opt = torch.optim.Adam(param_groups(ref_model, cfg))
@@ -89,7 +89,7 @@ def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "au
             "config": cfg.name,
             "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
             "threads": torch.get_num_threads() if dev.type == "cpu" else None,
-            "cuda_graph": bool(getattr(take_step, "graphed", False)),
+            "cuda_graph": take_step.graphed,
             "batch_size": t.batch_size,
             "steps_per_s": round(fast, 1),
             "reference_steps_per_s": round(ref, 1),

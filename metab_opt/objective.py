@@ -222,14 +222,11 @@ class Objective:
                                on_report=report, dataset=self.dataset(),
                                max_steps=self.max_steps, plots=self.plots,
                                on_write_error=write_errors.append)
-        except optuna.TrialPruned:
-            raise
         except TrainingDiverged as exc:
             self._fail(trial, str(exc))
             raise
-        except Exception as exc:  # any error fails this trial only; the study goes on
-            self._fail(trial, f"{type(exc).__name__}: {exc}".splitlines()[0])
-            raise
+        # Any other error (pruning aside) fails this trial only, with its reason set by
+        # __call__; the study goes on.
         for key, value in res.metrics.items():
             trial.set_user_attr(key, value)
         if self.artifact_store is not None and not write_errors:

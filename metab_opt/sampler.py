@@ -683,13 +683,14 @@ class _Planner:
         node = self.by_number.get(parent.number)
         if node is None or node.r2 is None or node.r2 < _PARTIAL_R2[0]:
             return None
-        # A replicate (only the training seed changed) stands for the run it repeats: the
-        # parent chosen after a replicate is often the replicate itself.
-        seed_name = None if self.seed_knob is None else self.seed_knob.name
-        while (node is not None and node.parent is not None and len(node.changes) == 1
-               and node.changes[0][0] == seed_name):
-            node = self.by_number.get(node.parent)
-        if node is None or node.r2 is None or len(node.changes) != 1:
+        # A replicate (same group: only the training seed changed) stands for the run it
+        # repeats: the parent chosen after a replicate is often the replicate itself.
+        while node.parent is not None:
+            original = self.by_number.get(node.parent)
+            if original is None or original.group != node.group:
+                break
+            node = original
+        if node.r2 is None or len(node.changes) != 1:
             return None
         grand = self.by_number.get(node.parent) if node.parent is not None else None
         if grand is None or grand.r2 is None or node.r2 - grand.r2 < _FOLLOW_MIN_GAIN:

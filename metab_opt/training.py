@@ -232,11 +232,9 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-class _EagerStep:
-    """One training step as ordinary autograd calls: draw a batch, take an Adam step.
-
-    Returns the six unweighted terms (detached, on the device).
-    """
+class _Step:
+    """One training step: draw ``batch_size`` frames, take an Adam step on them, and return the
+    six unweighted terms (detached, on the device). What the eager and graphed steps share."""
 
     graphed = False
 
@@ -245,15 +243,26 @@ class _EagerStep:
         self.model, self.cfg, self.x, self.y, self.gen = model, cfg, x, y, gen
         self.coeffs = term_weights(cfg, x.device)
         self.k_center = cfg.simulation.log_k_center
-        self.opt = GroupAdam(param_groups(model, cfg))
-        self.check = x.device.type == "cpu"  # a per-step sync costs nothing on the CPU
         self.n_frames = x.shape[0]
         self.batch = cfg.training.batch_size
+
+    def _terms(self, idx: Tensor) -> Tensor:
+        return _step_terms(self.model, self.x[idx], self.y[idx], self.cfg, self.k_center)
+
+
+class _EagerStep(_Step):
+    """The step as ordinary autograd calls."""
+
+    def __init__(self, model: MetabolismGNN, cfg: Config, x: Tensor, y: Tensor,
+                 gen: torch.Generator) -> None:
+        super().__init__(model, cfg, x, y, gen)
+        self.opt = GroupAdam(param_groups(model, cfg))
+        self.check = x.device.type == "cpu"  # a per-step sync costs nothing on the CPU
 
     def __call__(self, step: int) -> Tensor:
         idx = torch.randint(self.n_frames, (self.batch,), generator=self.gen,
                             device=self.x.device)
-        terms = _step_terms(self.model, self.x[idx], self.y[idx], self.cfg, self.k_center)
+        terms = self._terms(idx)
         total = (terms * self.coeffs).sum()
         if self.check and not math.isfinite(float(total.detach())):
             raise TrainingDiverged(step, _bad_term(terms))
@@ -263,7 +272,7 @@ class _EagerStep:
         return terms.detach()
 
 
-class _GraphedStep:
+class _GraphedStep(_Step):
     """The same step replayed from a CUDA graph: one launch instead of ~200 per step.
 
     On a GPU this model's step is bound by kernel launches and Python (an H100 ran ~255 steps/s
@@ -279,20 +288,15 @@ class _GraphedStep:
 
     def __init__(self, model: MetabolismGNN, cfg: Config, x: Tensor, y: Tensor,
                  gen: torch.Generator) -> None:
-        self.model, self.cfg, self.x, self.y, self.gen = model, cfg, x, y, gen
-        dev = x.device
-        self.coeffs = term_weights(cfg, dev)
-        self.k_center = cfg.simulation.log_k_center
+        super().__init__(model, cfg, x, y, gen)
         self.opt = torch.optim.Adam(param_groups(model, cfg), capturable=True, foreach=True)
-        self.n_frames = x.shape[0]
-        self.idx = torch.zeros(cfg.training.batch_size, dtype=torch.long, device=dev)
-        self.terms = torch.zeros(len(TERMS), device=dev)
+        self.idx = torch.zeros(self.batch, dtype=torch.long, device=x.device)
+        self.terms = torch.zeros(len(TERMS), device=x.device)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.stream = torch.cuda.Stream(dev)
+        self.stream = torch.cuda.Stream(x.device)
 
     def _body(self) -> None:
-        terms = _step_terms(self.model, self.x[self.idx], self.y[self.idx], self.cfg,
-                            self.k_center)
+        terms = self._terms(self.idx)
         (terms * self.coeffs).sum().backward()
         self.opt.step()
         self.terms.copy_(terms.detach())
@@ -300,28 +304,28 @@ class _GraphedStep:
     def __call__(self, step: int) -> Tensor:
         torch.randint(self.n_frames, self.idx.shape, generator=self.gen, device=self.idx.device,
                       out=self.idx)
-        if self.graph is None:
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                self.opt.zero_grad(set_to_none=True)
-                self._body()
-            torch.cuda.current_stream().wait_stream(self.stream)
-            if step >= self.warmup:
-                # Capture (the captured work does not run): the next replays are the steps.
-                self.opt.zero_grad(set_to_none=True)
-                graph = torch.cuda.CUDAGraph()
-                # thread_local: other threads' trials (study --n-jobs) may use the GPU while
-                # this one captures; the default ("global") would make their calls fail.
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    self._body()
-                self.graph = graph
+        if self.graph is not None:
+            self.graph.replay()
             return self.terms.clone()
-        self.graph.replay()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            self.opt.zero_grad(set_to_none=True)
+            self._body()
+        torch.cuda.current_stream().wait_stream(self.stream)
+        if step >= self.warmup:
+            # Capture (the captured work does not run): the next replays are the steps.
+            self.opt.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads' trials (study --n-jobs) may use the GPU while this
+            # one captures; the default ("global") would make their calls fail.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._body()
+            self.graph = graph
         return self.terms.clone()
 
 
 def _make_step(model: MetabolismGNN, cfg: Config, x: Tensor, y: Tensor, gen: torch.Generator,
-               cuda_graph: bool) -> _EagerStep | _GraphedStep:
+               cuda_graph: bool) -> _Step:
     if cuda_graph and x.device.type == "cuda":
         return _GraphedStep(model, cfg, x, y, gen)
     return _EagerStep(model, cfg, x, y, gen)
@@ -329,7 +333,7 @@ def _make_step(model: MetabolismGNN, cfg: Config, x: Tensor, y: Tensor, gen: tor
 
 def _train(ds: Dataset, cfg: Config, dev: torch.device,
            on_report: Callable[[Report], None] | None, progress: bool, max_steps: int | None,
-           history_points: int, cuda_graph: bool = True) -> TrainResult:
+           history_points: int, cuda_graph: bool) -> TrainResult:
     t = cfg.training
     torch.manual_seed(t.seed)  # belt and braces: every draw below uses its own generator
     model = build_model(ds, cfg, dev)
