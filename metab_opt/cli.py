@@ -88,6 +88,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="on a GPU, time the eager step instead of the CUDA-graph replay")
+    p.add_argument("--no-fused", action="store_true",
+                   help="time the step with autograd instead of the hand-written gradient")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="alternating timing rounds; the figures are their medians")
 
     p = sub.add_parser("replicate", help="one config trained with several seeds: the spread")
     _add_config(p)
@@ -161,8 +165,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.steps < 10:
         raise UsageError(f"--steps: expected at least 10, got {args.steps}")
+    if not 1 <= args.rounds <= args.steps:
+        raise UsageError(f"--rounds: expected 1 to --steps ({args.steps}), got {args.rounds}")
     print(json.dumps(bench(cfg, data_root=args.data_root, device=args.device, steps=args.steps,
-                           threads=args.threads, cuda_graph=not args.no_cuda_graph)))
+                           threads=args.threads, cuda_graph=not args.no_cuda_graph,
+                           fused=not args.no_fused, rounds=args.rounds)))
     return 0
 
 

@@ -22,6 +22,7 @@ S is a buffer, never a parameter.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ from metab_opt.config import GraphModelConfig
 __all__ = ["MLP", "MetabolismGNN", "build_graph"]
 
 SUB = ("metabolite", "substrate_of", "reaction")
+_LN10 = math.log(10.0)
 CHG = ("reaction", "changes", "metabolite")
 
 
@@ -57,56 +59,83 @@ def build_graph(S: np.ndarray, substrate_power: np.ndarray) -> HeteroData:
     return data
 
 
+def tail_forward(u0: Tensor, weights: Sequence[Tensor],
+                 biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """A tanh MLP after its first linear layer; returns the output and the saved activations.
+
+    Input: ``u0 = 2 z0``, twice the first layer's (n, H) pre-activation (the caller builds it,
+    so that a structured first layer, like MLP_node's per-metabolite one, costs no matrix
+    product), and the ``(W, b)`` of the remaining layers, W of shape (H_out, H_in). With
+    ``tanh(z) = 2 σ(2z) - 1`` the hidden activations are kept as ``s = σ(u)`` and the affine
+    map ``h = 2 s - 1`` is folded into the next layer's weights, so no pass over the (n, H)
+    activations is spent on it::
+
+        s_0 = σ(u0);   u_i = 2 z_i = 4 W_i s_{i-1} + 2 (b_i - W_i 1);   s_i = σ(u_i)
+        out = W_L h_L + b_L = 2 W_L s_{L-1} + (b_L - W_L 1)                 (n, H_L)
+    """
+    s = torch.sigmoid(u0)
+    acts = [s]
+    for w, b in zip(weights[:-1], biases[:-1]):
+        s = torch.sigmoid(torch.addmm(b - w.sum(1), s, w.t(), beta=2.0, alpha=4.0))
+        acts.append(s)
+    w, b = weights[-1], biases[-1]
+    return torch.addmm(b - w.sum(1), s, w.t(), alpha=2.0), acts
+
+
+def tail_backward(grad_out: Tensor, acts: Sequence[Tensor],
+                  weights: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The gradients of :func:`tail_forward`: w.r.t. ``u0`` and ``[W_1, b_1, ..., W_L, b_L]``.
+
+    With g_z the gradient of a layer's pre-activation and S = s_{i-1} its input::
+
+        dW = g_z^T h = 2 g_z^T S - (Σ_n g_z) 1^T,   db = Σ_n g_z,   g_u = σ'(g_z · 2 W)
+
+    A one-wide layer (the output) multiplies by broadcasting instead of an outer-product GEMM.
+    """
+    grads: list[Tensor] = []
+    # g is the gradient of the current layer's output; ``scale`` relates it to that layer's
+    # pre-activation z: g_z = scale · g (1 for the output layer, 2 for a hidden one, whose g is
+    # taken with respect to u = 2z).
+    g, scale = grad_out.contiguous(), 1.0
+    for i in range(len(weights) - 1, -1, -1):
+        s, w = acts[i], weights[i]
+        g_sum = g.sum(0)
+        grad_w = torch.addmm(g_sum.unsqueeze(1), g.t(), s, beta=-scale, alpha=2.0 * scale)
+        grad_b = g_sum if scale == 1.0 else g_sum * scale
+        grads[:0] = [grad_w, grad_b]
+        w2 = w * (2.0 * scale)
+        g_s = g * w2 if w.shape[0] == 1 else torch.mm(g, w2)
+        g = torch.ops.aten.sigmoid_backward(g_s, s)
+        scale = 2.0
+    return g, grads
+
+
 class _TanhMLPFunction(torch.autograd.Function):
-    """Linear -> tanh -> ... -> Linear in one autograd node (forward and backward by hand)."""
+    """:func:`tail_forward` as one autograd node, with :func:`tail_backward` as its backward."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, u0: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
         weights = params[0::2]
-        biases = params[1::2]
-        acts = [x]
-        h = x
-        for w, b in zip(weights[:-1], biases[:-1]):
-            # tanh(z) = 2 sigmoid(2z) - 1: addmm yields 2z at no cost; on CPU torch's sigmoid
-            # is ~2x faster than its tanh for these sizes (measured 60 vs 200 us).
-            h = torch.sigmoid(torch.addmm(b, h, w.t(), beta=2.0, alpha=2.0)).mul_(2.0).sub_(1.0)
-            acts.append(h)
-        out = torch.addmm(biases[-1], h, weights[-1].t())
+        out, acts = tail_forward(u0, weights, params[1::2])
         ctx.save_for_backward(*acts, *weights)
-        ctx.n = len(weights)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         saved = ctx.saved_tensors
-        n = ctx.n
-        acts, weights = saved[:n], saved[n:]
-        grads: list[Tensor | None] = [None] * (2 * n)
-        g = grad_out
-        grad_x = None
-        for i in range(n - 1, -1, -1):
-            h_in = acts[i]
-            w = weights[i]
-            if h_in.shape[1] < 8:  # a thin input: this product shape is much faster on CPU
-                grads[2 * i] = (h_in.t() @ g).t()
-            else:
-                grads[2 * i] = g.t() @ h_in
-            grads[2 * i + 1] = g.sum(0)
-            if i > 0:
-                g = torch.ops.aten.tanh_backward(g @ w, h_in)
-            elif ctx.needs_input_grad[0]:
-                grad_x = g @ w
-        return (grad_x, *grads)
+        n = len(saved) // 2
+        g, grads = tail_backward(grad_out, saved[:n], saved[n:])
+        return (g, *grads)
 
 
 class MLP(nn.Sequential):
     """``n_layers`` linear layers of width ``hidden``, tanh between them, one output.
 
     The layers are ordinary ``nn.Linear`` modules (parameters, state dicts and initialisation
-    as usual), but the forward pass runs them as one autograd node,
-    :class:`_TanhMLPFunction`, whose hand-written backward cut the CPU time of an MLP's
-    forward and backward by ~20 % for a batch of 865 rows at width 64 (1.41 -> 1.12 ms;
-    ``torch.autograd.gradcheck`` passes in float64).
+    as usual). The forward pass runs the first layer as one ``addmm`` and the rest as one
+    autograd node, :class:`_TanhMLPFunction` (:func:`tail_forward` / :func:`tail_backward`,
+    checked with ``torch.autograd.gradcheck`` in float64): fewer, larger ops than layer by
+    layer, which is what a CPU step of this small model is bound by.
     """
 
     def __init__(self, n_in: int, hidden: int, n_layers: int) -> None:
@@ -118,11 +147,21 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(width, 1))
         super().__init__(*layers)
 
+    def linears(self) -> list[nn.Linear]:
+        return [layer for layer in self if isinstance(layer, nn.Linear)]
+
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        params = [p for layer in self if isinstance(layer, nn.Linear)
-                  for p in (layer.weight, layer.bias)]
+        first = self.linears()[0]
         flat = x.reshape(-1, x.shape[-1])
-        return _TanhMLPFunction.apply(flat, *params).reshape(*x.shape[:-1], 1)
+        if len(self) == 1:  # one linear layer, no activation
+            return torch.addmm(first.bias, flat, first.weight.t()).reshape(*x.shape[:-1], 1)
+        u0 = torch.addmm(first.bias, flat, first.weight.t(), beta=2.0, alpha=2.0)
+        return self.tail(u0).reshape(*x.shape[:-1], 1)
+
+    def tail(self, u0: Tensor) -> Tensor:
+        """The network from ``u0 = 2 z0``, twice the first layer's (n, H) pre-activation."""
+        params = [p for layer in self.linears()[1:] for p in (layer.weight, layer.bias)]
+        return _TanhMLPFunction.apply(u0, *params)
 
     @property
     def last(self) -> nn.Linear:
@@ -196,6 +235,12 @@ class MetabolismGNN(nn.Module):
         self.register_buffer("edge_pair", edge_pair.contiguous(), persistent=False)
         self.register_buffer("edge_reac", sub_index[1].contiguous(), persistent=False)
         self.register_buffer("powers", powers.float(), persistent=False)
+        # (Q, R): how many substrate edges take pair q into reaction j. Gathering the pairs onto
+        # the edges and summing the edges of each reaction is one product with it.
+        pair_to_reac = torch.zeros(uniq.shape[0], n_reac)
+        pair_to_reac.index_put_((edge_pair, sub_index[1]), torch.ones(edge_pair.numel()),
+                                accumulate=True)
+        self.register_buffer("pair_to_reac", pair_to_reac, persistent=False)
         chg_index = graph[CHG].edge_index
         self.register_buffer("chg_reac", chg_index[0].contiguous(), persistent=False)
         self.register_buffer("chg_met", chg_index[1].contiguous(), persistent=False)
@@ -237,20 +282,35 @@ class MetabolismGNN(nn.Module):
         self.sub_grid = grid
         self.extra_inp = torch.stack([torch.cat(c_rows) / self.c_scale, torch.cat(s_rows)], -1)
 
-    def _aggregate(self, edge_val: Tensor) -> Tensor:
-        """(B, E_s) edge values -> (B, R) reaction activities."""
+    def _rates(self, pair_out: Tensor, dense: bool) -> Tensor:
+        """(B, Q) substrate function per pair -> (B, R) reaction rates ``10^log_k · a_j``.
+
+        ``dense`` (the trainer's path): one product with the (Q, R) pair-to-reaction matrix;
+        with ``mul`` the logs are taken per pair before it, and ``10^log_k`` enters as the
+        product's bias inside the exponential. Otherwise (the reference path): gather onto the
+        E_s edges and torch_geometric's ``scatter`` over each reaction's edges.
+        """
         if self.aggr == "mul":
-            logs = torch.log(edge_val.abs().clamp_min(1e-8))
-            return torch.exp(scatter(logs, self.edge_reac, dim=1, dim_size=self.n_reactions,
-                                     reduce="sum"))
-        return scatter(edge_val, self.edge_reac, dim=1, dim_size=self.n_reactions, reduce="sum")
+            logs = torch.log(pair_out.abs().clamp_min(1e-8))
+            if dense:
+                return torch.exp(torch.addmm(self.log_k * _LN10, logs, self.pair_to_reac))
+            agg = torch.exp(scatter(logs[:, self.edge_pair], self.edge_reac, dim=1,
+                                    dim_size=self.n_reactions, reduce="sum"))
+        elif dense:
+            agg = pair_out @ self.pair_to_reac
+        else:
+            agg = scatter(pair_out[:, self.edge_pair], self.edge_reac, dim=1,
+                          dim_size=self.n_reactions, reduce="sum")
+        return torch.pow(10.0, self.log_k) * agg
 
     def forward_parts(self, c: Tensor, *, dense: bool = True) -> ForwardParts:
         """One batched pass over B frames; also evaluates the regularizers' points.
 
         Every MLP_sub evaluation of the step (the batch's (frame, metabolite, |s|) pairs, the
         monotonicity grid, the scale anchor and, with sub_through_origin, f(0, s)) goes through
-        the MLP in a single call.
+        the MLP in a single call. ``dense`` picks how the rates reach the reactions and the
+        metabolites: dense products (fast on small graphs) or torch_geometric's scatter over
+        the edges; the two agree (tests/test_model.py).
         """
         B = c.shape[0]
         Q = self.pair_met.numel()
@@ -267,23 +327,33 @@ class MetabolismGNN(nn.Module):
             pair_out = pair_out - zero[self.pair_pow_index]
             grid_out = grid_out - zero[:P, None]
             norm_point = norm_point - zero[P]
-        edge_val = pair_out[:, self.edge_pair]  # (B, E_s)
-        v = torch.pow(10.0, self.log_k) * self._aggregate(edge_val)  # (B, R)
+        v = self._rates(pair_out, dense)  # (B, R)
+        node_out = self.node_function(c)
         if dense:
-            reactions = v @ self.S_t
+            dcdt = torch.addmm(node_out, v, self.S_t)
         else:
             msg = v[:, self.chg_reac] * self.chg_coef
-            reactions = scatter(msg, self.chg_met, dim=1, dim_size=self.n_metabolites,
-                                reduce="sum")
-        node_out = self.node_function(c)
-        return ForwardParts(dcdt=reactions + node_out, node_out=node_out, grid_sub=grid_out,
+            dcdt = node_out + scatter(msg, self.chg_met, dim=1, dim_size=self.n_metabolites,
+                                      reduce="sum")
+        return ForwardParts(dcdt=dcdt, node_out=node_out, grid_sub=grid_out,
                             norm_point=norm_point)
 
     def node_function(self, c: Tensor) -> Tensor:
-        """MLP_node(c_i, e_i) for (B, N) concentrations -> (B, N)."""
+        """MLP_node(c_i, e_i) for (B, N) concentrations -> (B, N).
+
+        The first layer ``W [c_i, e_i] + b`` is split as ``c_i w_c + (W_e e_i + b)``: the
+        per-metabolite part is computed once for the N metabolites and broadcast over the batch,
+        instead of a (B·N, 1 + E) x (1 + E, H) product on the concatenated input.
+        """
         B, N = c.shape
-        emb = self.embedding.unsqueeze(0).expand(B, N, -1)
-        return self.mlp_node(torch.cat([c.unsqueeze(-1), emb], dim=-1)).squeeze(-1)
+        first = self.mlp_node.linears()[0]
+        if len(self.mlp_node) == 1:
+            emb = self.embedding.unsqueeze(0).expand(B, N, -1)
+            return self.mlp_node(torch.cat([c.unsqueeze(-1), emb], dim=-1)).squeeze(-1)
+        w = first.weight
+        per_met = torch.addmm(first.bias, self.embedding, w[:, 1:].t(), beta=2.0, alpha=2.0)
+        u0 = torch.addcmul(per_met, c.unsqueeze(-1), w[:, 0], value=2.0)  # (B, N, H) = 2 z0
+        return self.mlp_node.tail(u0.reshape(B * N, -1)).view(B, N)
 
     def forward(self, c: Tensor) -> Tensor:
         """dc/dt for a (B, N) batch of concentrations (or one (N,) frame)."""

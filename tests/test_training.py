@@ -149,7 +149,45 @@ def test_group_adam_first_step_moves_by_lr() -> None:
     torch.testing.assert_close(p.detach(), torch.tensor([0.9, -1.9, 3.0]))
     torch.testing.assert_close(q.detach(), torch.tensor([-0.01]))
     opt.zero_grad()
-    assert p.grad is None and q.grad is None
+    assert torch.equal(p.grad, torch.zeros(3)) and torch.equal(q.grad, torch.zeros(1))
+
+
+def test_group_adam_keeps_parameters_and_gradients_in_flat_buffers() -> None:
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    q = torch.nn.Parameter(torch.ones(2, 2))
+    opt = GroupAdam([{"params": [p], "lr": 0.1}, {"params": [q], "lr": 0.01}])
+    assert p.data_ptr() % 64 == 0 and q.data_ptr() % 64 == 0  # like a fresh allocation
+    assert p.untyped_storage().data_ptr() == opt.flat.untyped_storage().data_ptr()
+    assert torch.equal(q.detach(), torch.ones(2, 2))  # values kept
+    (p.sum() + 2 * q.sum()).backward()  # autograd accumulates into the buffer's views
+    assert opt.flat_grad.abs().sum() == 3 + 8
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.tensor([0.9, -2.1, 2.9]))
+    torch.testing.assert_close(q.detach(), torch.full((2, 2), 0.99))
+    assert opt.flat.count_nonzero() == 3 + 4  # the padding between tensors stays 0
+
+
+def test_group_adam_takes_assigned_gradients_and_skips_missing_ones() -> None:
+    """A gradient assigned by hand is used; a parameter with none is left alone for the step,
+    as torch.optim.Adam does."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    q = torch.nn.Parameter(torch.tensor([5.0]))
+    ref_p, ref_q = (torch.nn.Parameter(t.detach().clone()) for t in (p, q))
+    opt = GroupAdam([{"params": [p, q], "lr": 0.1}])
+    ref = torch.optim.Adam([ref_p, ref_q], lr=0.1, foreach=False)
+    for grads in ([torch.tensor([1.0, -1.0]), torch.tensor([2.0])],
+                  [torch.tensor([0.5, 0.3]), None],
+                  [torch.tensor([-1.0, 2.0]), torch.tensor([1.0])]):
+        opt.zero_grad()
+        ref.zero_grad()
+        for param, r, g in ((p, ref_p, grads[0]), (q, ref_q, grads[1])):
+            param.grad = None if g is None else g.clone()
+            r.grad = None if g is None else g.clone()
+        opt.step()
+        ref.step()
+        assert torch.equal(p.detach(), ref_p.detach())
+        assert torch.equal(q.detach(), ref_q.detach())
+    assert p.grad is opt._grads[0]  # the buffer's view again
 
 
 # ------------------------------------------------------------------- every parameter learns
@@ -438,11 +476,14 @@ def test_huge_learning_rate_diverges_cleanly(tiny_cfg, tiny_dataset) -> None:
     assert torch.get_num_threads() == threads  # the trainer's thread setting is restored
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("term", TERMS)
-def test_divergence_names_the_term(monkeypatch, tiny_cfg, tiny_dataset, term: str) -> None:
+def test_divergence_names_the_term(monkeypatch, tiny_cfg, tiny_dataset, term: str,
+                                   fused: bool) -> None:
     import metab_opt.training as T
+    from metab_opt._fused import FusedLoss
 
-    real = T._step_terms
+    real = FusedLoss.forward if fused else T._step_terms
     calls = {"n": 0}
 
     def poisoned(*args, **kw):
@@ -453,9 +494,12 @@ def test_divergence_names_the_term(monkeypatch, tiny_cfg, tiny_dataset, term: st
             out[TERMS.index(term)] = float("inf") if term == "k_floor" else float("nan")
         return out
 
-    monkeypatch.setattr(T, "_step_terms", poisoned)
+    if fused:
+        monkeypatch.setattr(FusedLoss, "forward", poisoned)
+    else:
+        monkeypatch.setattr(T, "_step_terms", poisoned)
     with pytest.raises(TrainingDiverged, match=rf"at step 3 \(term: {term}\)") as info:
-        train_cpu(tiny_dataset, tiny_cfg, max_steps=10)
+        train_cpu(tiny_dataset, tiny_cfg, max_steps=10, fused=fused)
     assert (info.value.step, info.value.term) == (3, term)
     assert isinstance(info.value, RuntimeError)
 
