@@ -193,19 +193,31 @@ def test_group_adam_takes_assigned_gradients_and_skips_missing_ones() -> None:
 # ------------------------------------------------------------------- every parameter learns
 
 
+def fused_step(model, opt, ds: Dataset, cfg: Config, idx) -> None:
+    """take_step through the hand-written gradient instead of autograd."""
+    from metab_opt._fused import FusedLoss
+
+    loss = FusedLoss(model, cfg)
+    loss.forward(*as_tensors(ds, idx))
+    loss.backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("through_origin", [False, True])
 def test_every_parameter_changes_within_two_steps(tiny_config, tiny_dataset,
-                                                  through_origin: bool) -> None:
+                                                  through_origin: bool, fused: bool) -> None:
     cfg = tiny_config({"graph_model.sub_through_origin": through_origin})
     model = build_model(tiny_dataset, cfg, "cpu")
     opt = GroupAdam(param_groups(model, cfg))
+    step = fused_step if fused else take_step
     start = snapshot(model)
     hidden = [n for n in start if n.startswith("mlp_node.")
               and not n.startswith(f"mlp_node.{len(model.mlp_node) - 1}.")]
     assert hidden  # the check below covers MLP_node's hidden layers
     idx1, idx2 = draws(2, tiny_dataset.x.shape[0])
 
-    take_step(model, opt, tiny_dataset, cfg, idx1)
+    step(model, opt, tiny_dataset, cfg, idx1)
     after1 = snapshot(model)
     # Step 1: MLP_node's last layer moves; its hidden layers and the embedding get an exactly
     # zero gradient (the last layer's weights were 0) and stay put.
@@ -215,7 +227,7 @@ def test_every_parameter_changes_within_two_steps(tiny_config, tiny_dataset,
     for name in hidden + ["embedding"]:
         assert torch.equal(after1[name], start[name]), name
 
-    take_step(model, opt, tiny_dataset, cfg, idx2)
+    step(model, opt, tiny_dataset, cfg, idx2)
     after2 = snapshot(model)
     # With sub_through_origin, f = MLP_sub(c, s) - MLP_sub(0, s): the last bias cancels, its
     # gradient is 0 up to rounding; it does not affect the model, so it is not checked.
