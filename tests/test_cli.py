@@ -151,6 +151,9 @@ def test_simulate_bad_set(tmp_path: Path, capsys: pytest.CaptureFixture[str], it
         (["simulaet"], ["invalid choice"]),
         ([], ["required"]),
         (["simulate", "--config"], ["expected one argument"]),
+        (["bench", "--config", str(TINY), "--rounds", "0"],
+         ["--rounds: expected 1 to --steps (2000), got 0"]),
+        (["bench", "--config", str(TINY), "--steps", "5"], ["--steps: expected at least 10"]),
     ],
 )
 def test_bad_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
