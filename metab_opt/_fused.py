@@ -27,6 +27,7 @@ sub_through_origin) and MLP_node's rows go back through their MLPs. MLP_node's f
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -43,6 +44,24 @@ _CLAMP = 1e-8  # the mul aggregation's floor on |f| (model.py)
 def fused_supported(model: MetabolismGNN) -> bool:
     """Whether :class:`FusedLoss` covers this model (both MLPs have a hidden layer)."""
     return len(model.mlp_sub.linears()) >= 2 and len(model.mlp_node.linears()) >= 2
+
+
+@dataclass
+class _Saved:
+    """What :meth:`FusedLoss.backward` needs from the forward pass."""
+
+    c: Tensor  # (B, N) the batch
+    x_sub: Tensor  # (M, 2) MLP_sub's input rows
+    sub_acts: list[Tensor]  # MLP_sub's saved activations
+    pair: Tensor  # (B, Q) the substrate function per pair
+    abs_pair: Tensor  # |pair| (mul) or pair (add)
+    diff: Tensor  # (P, G - 1) f(c_g) - f(c_{g+1}) on the grid
+    norm: Tensor  # () the scale anchor f(1, 1)
+    v: Tensor  # (B, R) the rates
+    node_acts: list[Tensor]  # MLP_node's saved activations
+    node_out: Tensor  # (B, N)
+    r: Tensor  # (B, N) dc/dt - y
+    sizes: tuple[int, int, int, int, int]  # B, N, Q, P, G
 
 
 class FusedLoss:
@@ -75,7 +94,7 @@ class FusedLoss:
                         *[p for layer in sub for p in (layer.weight, layer.bias)],
                         *[p for layer in node for p in (layer.weight, layer.bias)]]
         assert len(self._params) == len(list(model.parameters()))
-        self._saved: dict[str, object] = {}
+        self._saved: _Saved | None = None
 
     @torch.no_grad()
     def forward(self, c: Tensor, y: Tensor) -> Tensor:
@@ -123,21 +142,20 @@ class FusedLoss:
             torch.relu(self.k_floor_threshold - log_k).square().sum() if w[4] else zero_t,
             (norm - 1.0) ** 2 if w[5] else zero_t,
         ])
-        self._saved = dict(c=c, x_sub=x_sub, sub_acts=sub_acts, pair=pair, abs_pair=abs_pair,
-                           diff=diff, norm=norm, v=v, node_acts=node_acts, node_out=node_out,
-                           r=r, shape=(B, N, Q, P, G))
+        self._saved = _Saved(c=c, x_sub=x_sub, sub_acts=sub_acts, pair=pair, abs_pair=abs_pair,
+                             diff=diff, norm=norm, v=v, node_acts=node_acts,
+                             node_out=node_out, r=r, sizes=(B, N, Q, P, G))
         return terms
 
     @torch.no_grad()
     def backward(self) -> None:
         """Write the gradient of the weighted sum of the last :meth:`forward`'s terms."""
         m, w, sv = self.model, self.w, self._saved
-        B, N, Q, P, G = sv["shape"]  # type: ignore[misc]
+        if sv is None:
+            raise RuntimeError("FusedLoss.backward: call forward first")
+        B, N, Q, P, G = sv.sizes
         BQ, PG = B * Q, P * G
-        r, v, pair, node_out = sv["r"], sv["v"], sv["pair"], sv["node_out"]
-        c = sv["c"]
-        assert isinstance(r, Tensor) and isinstance(v, Tensor) and isinstance(pair, Tensor)
-        assert isinstance(node_out, Tensor) and isinstance(c, Tensor)
+        r, v, pair, node_out, c = sv.r, sv.v, sv.pair, sv.node_out, sv.c
         n = r.numel()
         R = m.log_k.numel()
 
@@ -147,9 +165,7 @@ class FusedLoss:
         g_vv = g_v * v
         g_log_k = g_vv.sum(0).mul_(_LN10)
         if m.aggr == "mul":
-            abs_pair = sv["abs_pair"]
-            assert isinstance(abs_pair, Tensor)
-            g_pair = torch.where(abs_pair >= _CLAMP, (g_vv @ m.pair_to_reac.t()).div_(pair),
+            g_pair = torch.where(sv.abs_pair >= _CLAMP, (g_vv @ m.pair_to_reac.t()).div_(pair),
                                  0.0)
         else:
             g_pair = (g_v * torch.pow(10.0, m.log_k)) @ m.pair_to_reac.t()
@@ -159,35 +175,25 @@ class FusedLoss:
             g_log_k.sub_(torch.relu(self.k_floor_threshold - m.log_k), alpha=2.0 * w[4])
 
         # MLP_sub's rows: the pairs, the grid, the scale anchor, then f(0, s) if through-origin.
-        sub_acts = sv["sub_acts"]
-        assert isinstance(sub_acts, list)
-        g_f = pair.new_zeros(sub_acts[0].shape[0])
+        g_f = pair.new_zeros(sv.x_sub.shape[0])
         g_f[:BQ] = g_pair.view(-1)
         g_grid = g_f[BQ:BQ + PG].view(P, G)
         if w[1]:
-            diff = sv["diff"]
-            assert isinstance(diff, Tensor)
-            mask = (diff > 0).to(diff.dtype).mul_(w[1])
+            mask = (sv.diff > 0).to(sv.diff.dtype).mul_(w[1])
             g_grid[:, :-1] += mask
             g_grid[:, 1:] -= mask
         if w[5]:
-            norm = sv["norm"]
-            assert isinstance(norm, Tensor)
-            g_f[BQ + PG] = 2.0 * w[5] * (norm - 1.0)
+            g_f[BQ + PG] = 2.0 * w[5] * (sv.norm - 1.0)
         if m.through_origin:
             g_zero = g_f[BQ + PG + 1:]
             g_zero[:P].index_add_(0, m.pair_pow_index, g_pair.sum(0), alpha=-1.0)
             g_zero[:P] -= g_grid.sum(1)
             g_zero[P] = -g_f[BQ + PG]
-        g_u0, sub_grads = tail_backward(g_f.unsqueeze(1), sub_acts, self.sub_w)
-        x_sub = sv["x_sub"]
-        assert isinstance(x_sub, Tensor)
+        g_u0, sub_grads = tail_backward(g_f.unsqueeze(1), sv.sub_acts, self.sub_w)
         # (x^T g)^T: MKL is ~4x slower on the (H, n) x (n, 2) orientation of this product.
-        sub_first = [torch.mm(x_sub.t(), g_u0).t().mul(2.0), g_u0.sum(0).mul_(2.0)]
+        sub_first = [torch.mm(sv.x_sub.t(), g_u0).t().mul(2.0), g_u0.sum(0).mul_(2.0)]
 
-        node_acts = sv["node_acts"]
-        assert isinstance(node_acts, list)
-        g_nu0, node_grads = tail_backward(g_node.view(-1, 1), node_acts, self.node_w)
+        g_nu0, node_grads = tail_backward(g_node.view(-1, 1), sv.node_acts, self.node_w)
         g_per_met = g_nu0.view(B, N, -1).sum(0)  # (N, H)
         weight = self.node_first.weight
         g_weight = torch.empty_like(weight)
