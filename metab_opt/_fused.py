@@ -21,24 +21,20 @@ The gradient, with r = dc/dt - y over the batch's n = B·N entries (the notation
 
 then the MLP_sub rows (pairs, monotonicity grid, scale anchor, and f(0, s) with
 sub_through_origin) and MLP_node's rows go back through their MLPs. MLP_node's first layer is
-``u0 = 2 (c w_c + W_e e_i + b)`` (see ``MetabolismGNN.node_function``).
+``u0 = 2 (c w_c + W_e e_i + b)`` (see ``MetabolismGNN.node_preact``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from metab_opt.config import Config
-from metab_opt.model import MetabolismGNN, tail_backward, tail_forward
+from metab_opt.model import CLAMP, LN10, MetabolismGNN, tail_backward, tail_forward
 
 __all__ = ["FusedLoss", "fused_supported"]
-
-_LN10 = math.log(10.0)
-_CLAMP = 1e-8  # the mul aggregation's floor on |f| (model.py)
 
 
 def fused_supported(model: MetabolismGNN) -> bool:
@@ -54,14 +50,12 @@ class _Saved:
     x_sub: Tensor  # (M, 2) MLP_sub's input rows
     sub_acts: list[Tensor]  # MLP_sub's saved activations
     pair: Tensor  # (B, Q) the substrate function per pair
-    abs_pair: Tensor  # |pair| (mul) or pair (add)
     diff: Tensor  # (P, G - 1) f(c_g) - f(c_{g+1}) on the grid
     norm: Tensor  # () the scale anchor f(1, 1)
     v: Tensor  # (B, R) the rates
     node_acts: list[Tensor]  # MLP_node's saved activations
     node_out: Tensor  # (B, N)
     r: Tensor  # (B, N) dc/dt - y
-    sizes: tuple[int, int, int, int, int]  # B, N, Q, P, G
 
 
 class FusedLoss:
@@ -84,7 +78,7 @@ class FusedLoss:
         self.k_center = float(cfg.simulation.log_k_center)
         self.k_floor_threshold = float(t.k_floor_threshold)
         sub, node = model.mlp_sub.linears(), model.mlp_node.linears()
-        self.sub_first, self.node_first = sub[0], node[0]
+        self.node_first = node[0]
         self.sub_w = [layer.weight for layer in sub[1:]]
         self.sub_b = [layer.bias for layer in sub[1:]]
         self.node_w = [layer.weight for layer in node[1:]]
@@ -101,33 +95,11 @@ class FusedLoss:
         """The six unweighted terms (TERMS' order) for frames ``c`` (B, N) and targets ``y``."""
         m, w = self.model, self.w
         B, N = c.shape
-        Q, P, G = m.pair_met.numel(), m.powers.numel(), m.sub_grid.numel()
-        BQ, PG = B * Q, P * G
-        x_sub = torch.cat([torch.stack([c[:, m.pair_met] / m.c_scale, m.pair_pow.expand(B, Q)],
-                                       dim=-1).reshape(BQ, 2), m.extra_inp])
-        first = self.sub_first
-        f, sub_acts = tail_forward(
-            torch.addmm(first.bias, x_sub, first.weight.t(), beta=2.0, alpha=2.0),
-            self.sub_w, self.sub_b)
-        f = f.view(-1)
-        pair, grid, norm = f[:BQ].view(B, Q), f[BQ:BQ + PG].view(P, G), f[BQ + PG]
-        if m.through_origin:
-            zero = f[BQ + PG + 1:]
-            pair = pair - zero[m.pair_pow_index]
-            grid = grid - zero[:P, None]
-            norm = norm - zero[P]
-        if m.aggr == "mul":
-            abs_pair = pair.abs()
-            v = torch.exp(torch.addmm(m.log_k * _LN10, torch.log(abs_pair.clamp_min(_CLAMP)),
-                                      m.pair_to_reac))
-        else:
-            abs_pair = pair
-            v = torch.pow(10.0, m.log_k) * (pair @ m.pair_to_reac)
-
-        nf = self.node_first
-        per_met = torch.addmm(nf.bias, m.embedding, nf.weight[:, 1:].t(), beta=2.0, alpha=2.0)
-        node_u0 = torch.addcmul(per_met, c.unsqueeze(-1), nf.weight[:, 0], value=2.0)
-        node_out, node_acts = tail_forward(node_u0.view(B * N, -1), self.node_w, self.node_b)
+        x_sub = m.sub_input(c)
+        f, sub_acts = tail_forward(m.mlp_sub.first_preact(x_sub), self.sub_w, self.sub_b)
+        pair, grid, norm = m.split_sub(f.view(-1), B)
+        v = m._rates(pair, dense=True)
+        node_out, node_acts = tail_forward(m.node_preact(c), self.node_w, self.node_b)
         node_out = node_out.view(B, N)
         r = torch.addmm(node_out, v, m.S_t).sub_(y)
 
@@ -142,9 +114,8 @@ class FusedLoss:
             torch.relu(self.k_floor_threshold - log_k).square().sum() if w[4] else zero_t,
             (norm - 1.0) ** 2 if w[5] else zero_t,
         ])
-        self._saved = _Saved(c=c, x_sub=x_sub, sub_acts=sub_acts, pair=pair, abs_pair=abs_pair,
-                             diff=diff, norm=norm, v=v, node_acts=node_acts,
-                             node_out=node_out, r=r, sizes=(B, N, Q, P, G))
+        self._saved = _Saved(c=c, x_sub=x_sub, sub_acts=sub_acts, pair=pair, diff=diff,
+                             norm=norm, v=v, node_acts=node_acts, node_out=node_out, r=r)
         return terms
 
     @torch.no_grad()
@@ -153,9 +124,10 @@ class FusedLoss:
         m, w, sv = self.model, self.w, self._saved
         if sv is None:
             raise RuntimeError("FusedLoss.backward: call forward first")
-        B, N, Q, P, G = sv.sizes
-        BQ, PG = B * Q, P * G
         r, v, pair, node_out, c = sv.r, sv.v, sv.pair, sv.node_out, sv.c
+        B, N = c.shape
+        P, G = m.powers.numel(), m.sub_grid.numel()
+        BQ, PG = pair.numel(), P * G
         n = r.numel()
         R = m.log_k.numel()
 
@@ -163,9 +135,9 @@ class FusedLoss:
         g_node = g_dcdt.add(torch.sign(node_out), alpha=w[2] / n) if w[2] else g_dcdt
         g_v = g_dcdt @ m.S
         g_vv = g_v * v
-        g_log_k = g_vv.sum(0).mul_(_LN10)
+        g_log_k = g_vv.sum(0).mul_(LN10)
         if m.aggr == "mul":
-            g_pair = torch.where(sv.abs_pair >= _CLAMP, (g_vv @ m.pair_to_reac.t()).div_(pair),
+            g_pair = torch.where(pair.abs() >= CLAMP, (g_vv @ m.pair_to_reac.t()).div_(pair),
                                  0.0)
         else:
             g_pair = (g_v * torch.pow(10.0, m.log_k)) @ m.pair_to_reac.t()

@@ -36,8 +36,9 @@ from metab_opt.config import GraphModelConfig
 __all__ = ["MLP", "MetabolismGNN", "build_graph"]
 
 SUB = ("metabolite", "substrate_of", "reaction")
-_LN10 = math.log(10.0)
 CHG = ("reaction", "changes", "metabolite")
+LN10 = math.log(10.0)
+CLAMP = 1e-8  # the product aggregation's floor on |f|
 
 
 def build_graph(S: np.ndarray, substrate_power: np.ndarray) -> HeteroData:
@@ -151,12 +152,16 @@ class MLP(nn.Sequential):
         return [layer for layer in self if isinstance(layer, nn.Linear)]
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        first = self.linears()[0]
         flat = x.reshape(-1, x.shape[-1])
         if len(self) == 1:  # one linear layer, no activation
+            first = self[0]
             return torch.addmm(first.bias, flat, first.weight.t()).reshape(*x.shape[:-1], 1)
-        u0 = torch.addmm(first.bias, flat, first.weight.t(), beta=2.0, alpha=2.0)
-        return self.tail(u0).reshape(*x.shape[:-1], 1)
+        return self.tail(self.first_preact(flat)).reshape(*x.shape[:-1], 1)
+
+    def first_preact(self, x: Tensor) -> Tensor:
+        """``u0 = 2 z0 = 2 (W_0 x + b_0)`` for (n, n_in) rows: the input of :meth:`tail`."""
+        first = self[0]
+        return torch.addmm(first.bias, x, first.weight.t(), beta=2.0, alpha=2.0)
 
     def tail(self, u0: Tensor) -> Tensor:
         """The network from ``u0 = 2 z0``, twice the first layer's (n, H) pre-activation."""
@@ -291,9 +296,9 @@ class MetabolismGNN(nn.Module):
         E_s edges and torch_geometric's ``scatter`` over each reaction's edges.
         """
         if self.aggr == "mul":
-            logs = torch.log(pair_out.abs().clamp_min(1e-8))
+            logs = torch.log(pair_out.abs().clamp_min(CLAMP))
             if dense:
-                return torch.exp(torch.addmm(self.log_k * _LN10, logs, self.pair_to_reac))
+                return torch.exp(torch.addmm(self.log_k * LN10, logs, self.pair_to_reac))
             agg = torch.exp(scatter(logs[:, self.edge_pair], self.edge_reac, dim=1,
                                     dim_size=self.n_reactions, reduce="sum"))
         elif dense:
@@ -312,21 +317,8 @@ class MetabolismGNN(nn.Module):
         metabolites: dense products (fast on small graphs) or torch_geometric's scatter over
         the edges; the two agree (tests/test_model.py).
         """
-        B = c.shape[0]
-        Q = self.pair_met.numel()
-        P = self.powers.numel()
-        G = self.sub_grid.numel()
-        batch_inp = torch.stack([c[:, self.pair_met] / self.c_scale,
-                                 self.pair_pow.expand(B, Q)], dim=-1).reshape(B * Q, 2)
-        out = self.mlp_sub(torch.cat([batch_inp, self.extra_inp])).squeeze(-1)
-        pair_out = out[: B * Q].view(B, Q)
-        grid_out = out[B * Q: B * Q + P * G].view(P, G)
-        norm_point = out[B * Q + P * G]
-        if self.through_origin:
-            zero = out[B * Q + P * G + 1:]  # f(0, s) for each power, then for s = 1
-            pair_out = pair_out - zero[self.pair_pow_index]
-            grid_out = grid_out - zero[:P, None]
-            norm_point = norm_point - zero[P]
+        out = self.mlp_sub(self.sub_input(c)).squeeze(-1)
+        pair_out, grid_out, norm_point = self.split_sub(out, c.shape[0])
         v = self._rates(pair_out, dense)  # (B, R)
         node_out = self.node_function(c)
         if dense:
@@ -338,22 +330,49 @@ class MetabolismGNN(nn.Module):
         return ForwardParts(dcdt=dcdt, node_out=node_out, grid_sub=grid_out,
                             norm_point=norm_point)
 
-    def node_function(self, c: Tensor) -> Tensor:
-        """MLP_node(c_i, e_i) for (B, N) concentrations -> (B, N).
+    def sub_input(self, c: Tensor) -> Tensor:
+        """MLP_sub's (M, 2) input rows for a (B, N) batch: the B·Q (frame, pair) rows, then the
+        constant rows of :meth:`set_sub_grid` (grid, scale anchor, f(0, s))."""
+        B, Q = c.shape[0], self.pair_met.numel()
+        batch_inp = torch.stack([c[:, self.pair_met] / self.c_scale,
+                                 self.pair_pow.expand(B, Q)], dim=-1).reshape(B * Q, 2)
+        return torch.cat([batch_inp, self.extra_inp])
+
+    def split_sub(self, out: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """MLP_sub's (M,) outputs on :meth:`sub_input` rows -> the substrate function per pair
+        (B, Q), on the grid (P, G) and at the scale anchor (); with sub_through_origin, f(0, s)
+        subtracted."""
+        BQ = batch * self.pair_met.numel()
+        P, G = self.powers.numel(), self.sub_grid.numel()
+        pair_out = out[:BQ].view(batch, -1)
+        grid_out = out[BQ:BQ + P * G].view(P, G)
+        norm_point = out[BQ + P * G]
+        if self.through_origin:
+            zero = out[BQ + P * G + 1:]  # f(0, s) for each power, then for s = 1
+            pair_out = pair_out - zero[self.pair_pow_index]
+            grid_out = grid_out - zero[:P, None]
+            norm_point = norm_point - zero[P]
+        return pair_out, grid_out, norm_point
+
+    def node_preact(self, c: Tensor) -> Tensor:
+        """MLP_node's ``u0 = 2 z0`` for (B, N) concentrations, as (B·N, H) rows (n_layers >= 2).
 
         The first layer ``W [c_i, e_i] + b`` is split as ``c_i w_c + (W_e e_i + b)``: the
         per-metabolite part is computed once for the N metabolites and broadcast over the batch,
         instead of a (B·N, 1 + E) x (1 + E, H) product on the concatenated input.
         """
+        w, b = self.mlp_node[0].weight, self.mlp_node[0].bias
+        per_met = torch.addmm(b, self.embedding, w[:, 1:].t(), beta=2.0, alpha=2.0)
+        u0 = torch.addcmul(per_met, c.unsqueeze(-1), w[:, 0], value=2.0)  # (B, N, H)
+        return u0.view(-1, w.shape[0])
+
+    def node_function(self, c: Tensor) -> Tensor:
+        """MLP_node(c_i, e_i) for (B, N) concentrations -> (B, N) (see :meth:`node_preact`)."""
         B, N = c.shape
-        first = self.mlp_node.linears()[0]
         if len(self.mlp_node) == 1:
             emb = self.embedding.unsqueeze(0).expand(B, N, -1)
             return self.mlp_node(torch.cat([c.unsqueeze(-1), emb], dim=-1)).squeeze(-1)
-        w = first.weight
-        per_met = torch.addmm(first.bias, self.embedding, w[:, 1:].t(), beta=2.0, alpha=2.0)
-        u0 = torch.addcmul(per_met, c.unsqueeze(-1), w[:, 0], value=2.0)  # (B, N, H) = 2 z0
-        return self.mlp_node.tail(u0.reshape(B * N, -1)).view(B, N)
+        return self.mlp_node.tail(self.node_preact(c)).view(B, N)
 
     def forward(self, c: Tensor) -> Tensor:
         """dc/dt for a (B, N) batch of concentrations (or one (N,) frame)."""

@@ -25,6 +25,7 @@ cover (a one-layer MLP), autograd. Both eager paths use :class:`GroupAdam`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -158,11 +159,10 @@ class GroupAdam:
         # with runs before this optimizer) needs the same paths. The padding stays 0 (its
         # gradient is 0, so its update is 0 / (0 + eps)).
         align = max(1, 64 // first.element_size())
-        offsets, at = [], 0
-        for p in self.params:
-            offsets.append(at)
-            at += -(-p.numel() // align) * align
-        self.flat = first.new_zeros(at)
+        padded = [-(-p.numel() // align) * align for p in self.params]
+        ends = list(itertools.accumulate(padded))
+        offsets = [end - size for end, size in zip(ends, padded)]
+        self.flat = first.new_zeros(ends[-1])
         self.flat_grad = torch.zeros_like(self.flat)
         self.m_flat = torch.zeros_like(self.flat)
         self.v_flat = torch.zeros_like(self.flat)
@@ -178,8 +178,7 @@ class GroupAdam:
                 p.grad = g
         # Runs of equal learning rate (the groups, padding included): one addcdiv_ each.
         self._runs: list[tuple[int, int, float]] = []
-        for o, p, lr in zip(offsets, self.params, self.lrs):
-            end = o + -(-p.numel() // align) * align
+        for o, end, lr in zip(offsets, ends, self.lrs):
             if self._runs and self._runs[-1][2] == lr:
                 self._runs[-1] = (self._runs[-1][0], end, lr)
             else:
