@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from metab_opt.config import Config
-from metab_opt.model import CLAMP, LN10, MetabolismGNN, tail_backward, tail_forward
+from metab_opt.model import CLAMP, LN10, MetabolismGNN, at_origin, tail_backward, tail_forward
 
 __all__ = ["FusedLoss", "fused_supported"]
 
@@ -97,7 +97,7 @@ class FusedLoss:
         B, N = c.shape
         x_sub = m.sub_input(c)
         f, sub_acts = tail_forward(m.mlp_sub.first_preact(x_sub), self.sub_w, self.sub_b)
-        pair, grid, norm = m.split_sub(f.view(-1), B)
+        pair, grid, norm = m.split_sub(f.view(-1), x_sub, B)
         v = m._rates(pair, dense=True)
         node_out, node_acts = tail_forward(m.node_preact(c), self.node_w, self.node_b)
         node_out = node_out.view(B, N)
@@ -141,6 +141,9 @@ class FusedLoss:
                                  0.0)
         else:
             g_pair = (g_v * torch.pow(10.0, m.log_k)) @ m.pair_to_reac.t()
+        if m.through_origin:
+            # The pair rows at the origin are the constant 0 (MetabolismGNN.split_sub).
+            g_pair.masked_fill_(at_origin(sv.x_sub[:BQ]).view(B, -1), 0.0)
         if w[3]:
             g_log_k.add_(2.0 * w[3] / R * (m.log_k.mean() - self.k_center))
         if w[4]:
@@ -157,6 +160,7 @@ class FusedLoss:
         if w[5]:
             g_f[BQ + PG] = 2.0 * w[5] * (sv.norm - 1.0)
         if m.through_origin:
+            g_grid.masked_fill_(m.grid_at_origin, 0.0)  # a constant 0, like the pairs above
             g_zero = g_f[BQ + PG + 1:]
             g_zero[:P].index_add_(0, m.pair_pow_index, g_pair.sum(0), alpha=-1.0)
             g_zero[:P] -= g_grid.sum(1)

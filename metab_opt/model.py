@@ -33,12 +33,18 @@ from torch_geometric.utils import scatter
 
 from metab_opt.config import GraphModelConfig
 
-__all__ = ["MLP", "MetabolismGNN", "build_graph"]
+__all__ = ["MLP", "MetabolismGNN", "at_origin", "build_graph"]
 
 SUB = ("metabolite", "substrate_of", "reaction")
 CHG = ("reaction", "changes", "metabolite")
 LN10 = math.log(10.0)
 CLAMP = 1e-8  # the product aggregation's floor on |f|
+
+
+def at_origin(inp: Tensor) -> Tensor:
+    """Which MLP_sub input rows ``(..., 2)`` are at the origin c = 0 (where, with
+    sub_through_origin, the substrate function is 0 by construction)."""
+    return inp[..., 0] == 0
 
 
 def build_graph(S: np.ndarray, substrate_power: np.ndarray) -> HeteroData:
@@ -258,6 +264,8 @@ class MetabolismGNN(nn.Module):
                              persistent=False)
         self.register_buffer("sub_grid", torch.zeros(0), persistent=False)
         self.register_buffer("extra_inp", torch.zeros(0, 2), persistent=False)
+        self.register_buffer("grid_at_origin", torch.zeros(0, 0, dtype=torch.bool),
+                             persistent=False)
         self.set_sub_grid(sub_grid_max, sub_grid_points)
 
     # ---------------------------------------------------------------- substrate function
@@ -267,6 +275,7 @@ class MetabolismGNN(nn.Module):
         out = self.mlp_sub(inp).squeeze(-1)
         if self.through_origin:
             out = out - self.mlp_sub(torch.stack([torch.zeros_like(c), s], -1)).squeeze(-1)
+            out = out.masked_fill(at_origin(inp), 0.0)
         return out
 
     def set_sub_grid(self, c_max: float, n_points: int) -> None:
@@ -286,6 +295,7 @@ class MetabolismGNN(nn.Module):
             s_rows += [self.powers, torch.ones(1, device=device)]
         self.sub_grid = grid
         self.extra_inp = torch.stack([torch.cat(c_rows) / self.c_scale, torch.cat(s_rows)], -1)
+        self.grid_at_origin = (grid == 0).expand(P, n_points).contiguous()
 
     def _rates(self, pair_out: Tensor, dense: bool) -> Tensor:
         """(B, Q) substrate function per pair -> (B, R) reaction rates ``10^log_k · a_j``.
@@ -317,8 +327,9 @@ class MetabolismGNN(nn.Module):
         metabolites: dense products (fast on small graphs) or torch_geometric's scatter over
         the edges; the two agree (tests/test_model.py).
         """
-        out = self.mlp_sub(self.sub_input(c)).squeeze(-1)
-        pair_out, grid_out, norm_point = self.split_sub(out, c.shape[0])
+        x_sub = self.sub_input(c)
+        out = self.mlp_sub(x_sub).squeeze(-1)
+        pair_out, grid_out, norm_point = self.split_sub(out, x_sub, c.shape[0])
         v = self._rates(pair_out, dense)  # (B, R)
         node_out = self.node_function(c)
         if dense:
@@ -338,10 +349,18 @@ class MetabolismGNN(nn.Module):
                                  self.pair_pow.expand(B, Q)], dim=-1).reshape(B * Q, 2)
         return torch.cat([batch_inp, self.extra_inp])
 
-    def split_sub(self, out: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """MLP_sub's (M,) outputs on :meth:`sub_input` rows -> the substrate function per pair
-        (B, Q), on the grid (P, G) and at the scale anchor (); with sub_through_origin, f(0, s)
-        subtracted."""
+    def split_sub(self, out: Tensor, x_sub: Tensor,
+                  batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """MLP_sub's (M,) outputs on the :meth:`sub_input` rows ``x_sub`` (M, 2) -> the
+        substrate function per pair (B, Q), on the grid (P, G) and at the scale anchor ().
+
+        With sub_through_origin, f(0, s) is subtracted, and every row whose input is the origin
+        (c = 0) is set to exactly 0 (:func:`at_origin`): the pair and grid rows at c = 0 are other
+        rows of the same product than the f(0, s) rows, and a GEMM kernel may round two rows
+        of equal input differently (one CPU's kernels gave 1.5e-8), so the difference alone
+        would be 0 only by luck. The mask changes nothing else: it is the value's true 0, and
+        the gradient through a constant is 0.
+        """
         BQ = batch * self.pair_met.numel()
         P, G = self.powers.numel(), self.sub_grid.numel()
         pair_out = out[:BQ].view(batch, -1)
@@ -349,8 +368,9 @@ class MetabolismGNN(nn.Module):
         norm_point = out[BQ + P * G]
         if self.through_origin:
             zero = out[BQ + P * G + 1:]  # f(0, s) for each power, then for s = 1
-            pair_out = pair_out - zero[self.pair_pow_index]
-            grid_out = grid_out - zero[:P, None]
+            pair_out = (pair_out - zero[self.pair_pow_index]).masked_fill(
+                at_origin(x_sub[:BQ]).view(batch, -1), 0.0)
+            grid_out = (grid_out - zero[:P, None]).masked_fill(self.grid_at_origin, 0.0)
             norm_point = norm_point - zero[P]
         return pair_out, grid_out, norm_point
 

@@ -127,7 +127,9 @@ def test_forward_single_frame_shape() -> None:
     model = make_model()
     c = frames(1)
     assert model(c[0]).shape == (3,)
-    torch.testing.assert_close(model(c[0]), model(c)[0], rtol=0, atol=0)
+    # One frame and a batch are different matrix products (other shapes, other kernel
+    # blockings): equal up to float32 rounding, not bitwise.
+    torch.testing.assert_close(model(c[0]), model(c)[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("through_origin", [False, True])

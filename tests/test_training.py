@@ -134,8 +134,10 @@ def test_group_adam_matches_torch_adam(tiny_cfg, tiny_dataset, foreach: bool) ->
         take_step(ref, ref_opt, tiny_dataset, tiny_cfg, idx)
     assert opt.t == 50
     for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
-        # Same operations in the same order: bitwise equal on this CPU.
-        assert torch.equal(p, q), name
+        # The same update, but on flat buffers against torch's per-tensor loops: a CPU's
+        # vector kernels may round a tensor's tail differently in the two layouts, so a
+        # tolerance far below one Adam step (lr 1e-3..1e-2) rather than bitwise equality.
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_group_adam_first_step_moves_by_lr() -> None:
@@ -185,8 +187,10 @@ def test_group_adam_takes_assigned_gradients_and_skips_missing_ones() -> None:
             r.grad = None if g is None else g.clone()
         opt.step()
         ref.step()
-        assert torch.equal(p.detach(), ref_p.detach())
-        assert torch.equal(q.detach(), ref_q.detach())
+        # Two implementations of one update: equal up to rounding, and far from a skipped
+        # or doubled step (0.1 here).
+        torch.testing.assert_close(p.detach(), ref_p.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(q.detach(), ref_q.detach(), rtol=1e-6, atol=1e-7)
     assert p.grad is opt._grads[0]  # the buffer's view again
 
 
