@@ -73,12 +73,12 @@ RANK50_VALUES: dict[str, Any] = {
     **{f"training.{k}": v for k, v in FROZEN_TRAINING_KEYS.items()},
 }
 
-# The knobs the issue asks for, by name -> config key.
+# The knobs the issue asks for, by name -> config key. Not `lr` (learning_rate_start): it
+# sets the learning rate of parameters outside k, MLP_sub and MLP_node, and there are none.
 RANK50_KNOBS = {
     "lr_k": "training.learning_rate_k",
     "lr_node": "training.learning_rate_node",
     "lr_sub": "training.learning_rate_sub",
-    "lr": "training.learning_rate_start",
     "n_epochs": "training.n_epochs",
     "batch_size": "training.batch_size",
     "data_augmentation_loop": "training.data_augmentation_loop",
