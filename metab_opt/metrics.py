@@ -47,9 +47,19 @@ Classification and diagnosis
     ==================  =====================================  =================================
 
 Visual line (:func:`visual_line`), thresholds
-    MLP_sub, per coefficient s: *matches* if ``MLP_sub_R2_s{s} >= 0.95``, *rough* if ``>= 0.7``,
-    *wrong* otherwise (or not finite). Overall: good if all match, partial if none is wrong,
-    bad otherwise.
+    MLP_sub is judged on two things, because ``MLP_sub_R2_s{s}`` is taken *after* the best scale
+    and so cannot see a scale error on its own. Shape, per coefficient s: *matches* if
+    ``MLP_sub_R2_s{s} >= 0.95``, *rough* if ``>= 0.7``, *wrong* otherwise (or not finite).
+    Scale, per s: the true MLP_sub is exactly ``c^s`` (``v_j = k_j Π f(c_i, s_ij)``), so the ideal
+    ``MLP_sub_scale_s{s}`` (learned ≈ scale·c^s) is 1; it is *off* when
+    ``scale > 1.5`` or ``scale < 1/1.5`` (a negative or non-finite scale is off too). A scale
+    error means k has absorbed the inverse factor, which is the scale ambiguity of the
+    instructions. Overall: bad if any shape is wrong; else partial if any shape is rough or any
+    scale is off; else good. A trial without ``MLP_sub_scale_s{s}`` keys is judged on shape
+    alone. The text states the scale as a factor of the truth, e.g.
+    ``MLP_sub=partial: shape matches c^1, c^2 (R² 0.99) but at ×0.24 of the true scale
+    (learned = 0.24 × c^s)``; scales that differ per s are listed per s (``learned = 1.0 × c^1,
+    0.058 × c^2``).
     MLP_node: good if ``MLP_node_R2 >= 0.9``; partial if ``MLP_node_R2 >= 0.5``, or if the
     output is no larger than twice the truth (``MLP_node_max_abs <= 2·MLP_node_true_max_abs``:
     a small term that does not dominate the dynamics); bad otherwise or if not finite. The text
@@ -96,6 +106,7 @@ _DIVERGED_PEARSON = 0.0
 # visual_line thresholds (documented in the module docstring).
 _SUB_MATCH = 0.95
 _SUB_ROUGH = 0.7
+_SUB_SCALE_TOL = 1.5  # MLP_sub scale is off outside [1/1.5, 1.5] (the truth is exactly c^s)
 _NODE_GOOD = 0.9
 _NODE_PARTIAL = 0.5
 _NODE_SMALL_FACTOR = 2.0
@@ -410,6 +421,27 @@ def _join(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _fmt_scale(x: float) -> str:
+    """A scale factor with two significant digits and no exponent for everyday values."""
+    if not math.isfinite(x):
+        return "nan"
+    if abs(x) >= 10.0:
+        return f"{x:.0f}"
+    # "#" keeps the trailing zero, so 1.02 reads "1.0" (a measured factor), not "1".
+    # (9.99 rounds to "10." under "#": drop the dangling point.)
+    return f"{x:#.2g}".rstrip(".") if abs(x) >= 0.01 else f"{x:.1e}"
+
+
+def _scale_off(scale: float) -> bool:
+    return not (math.isfinite(scale) and 1.0 / _SUB_SCALE_TOL <= scale <= _SUB_SCALE_TOL)
+
+
+def _r2_list(values: list[float]) -> str:
+    # One number when they agree to two decimals (the usual case: "R² 0.99"), else each in turn.
+    texts = [_fmt(v) for v in values]
+    return texts[0] if len(set(texts)) == 1 else ", ".join(texts)
+
+
 def _visual_sub(m: Mapping[str, object]) -> str:
     prefix = "MLP_sub_R2_s"
     ss = sorted(
@@ -418,6 +450,7 @@ def _visual_sub(m: Mapping[str, object]) -> str:
     if not ss:
         return "MLP_sub=bad: not evaluated"
     match: list[str] = []
+    match_r2: list[float] = []
     rough: list[str] = []
     wrong: list[str] = []
     for s in ss:
@@ -425,21 +458,42 @@ def _visual_sub(m: Mapping[str, object]) -> str:
         name = f"c^{s}"
         if math.isfinite(r2) and r2 >= _SUB_MATCH:
             match.append(name)
+            match_r2.append(r2)
         elif math.isfinite(r2) and r2 >= _SUB_ROUGH:
-            rough.append(f"{name} (R2 {_fmt(r2)})")
+            rough.append(f"{name} (R² {_fmt(r2)})")
         elif math.isfinite(r2):
-            wrong.append(f"{name} (R2 {_fmt(r2)})")
+            wrong.append(f"{name} (R² {_fmt(r2)})")
         else:
             wrong.append(f"{name} (non-finite)")
     parts: list[str] = []
     if match:
-        parts.append(f"{_join(match)} match{'es' if len(match) == 1 else ''} GT")
+        parts.append(f"shape matches {', '.join(match)} (R² {_r2_list(match_r2)})")
     if rough:
         parts.append(f"{_join(rough)} roughly")
     if wrong:
         parts.append(f"{_join(wrong)} wrong shape")
-    level = "bad" if wrong else ("partial" if rough else "good")
-    return f"MLP_sub={level}: " + "; ".join(parts)
+    text = "; ".join(parts)
+    # The R² above is measured after the best scale, so the scale is judged separately: a learned
+    # MLP_sub at 0.24·c^s fits c^s perfectly in shape while k carries the missing factor.
+    scales = {s: _num(m[f"MLP_sub_scale_s{s}"]) for s in ss if f"MLP_sub_scale_s{s}" in m}
+    off = any(_scale_off(v) for v in scales.values())
+    if scales:
+        texts = [_fmt_scale(scales[s]) for s in sorted(scales)]
+        if len(set(texts)) == 1:
+            learned = f"learned = {texts[0]} × c^s"
+            where = f"at ×{texts[0]} of the true scale"
+        else:
+            learned = "learned = " + ", ".join(
+                f"{t} × c^{s}" for s, t in zip(sorted(scales), texts, strict=True)
+            )
+            where = "off the true scale"
+        phrase = f"{where} ({learned})" if off else f"at the true scale ({learned})"
+        if rough or wrong:
+            text += f"; {phrase}"
+        else:
+            text += f" but {phrase}" if off else f", {phrase}"
+    level = "bad" if wrong else ("partial" if rough or off else "good")
+    return f"MLP_sub={level}: {text}"
 
 
 def _slope_word(m: Mapping[str, object]) -> str | None:
@@ -486,7 +540,7 @@ def _visual_node(m: Mapping[str, object]) -> str:
     slope = _slope_word(m)
     if slope is not None and level != "good":
         parts.append(slope)
-    parts.append(f"R2 {_fmt(r2)}")
+    parts.append(f"R² {_fmt(r2)}")
     return f"MLP_node={level}: " + ", ".join(parts)
 
 
@@ -495,6 +549,7 @@ def visual_line(function_metrics: Mapping[str, object]) -> str:
 
     Levels are good/partial/bad from the thresholds in the module docstring, computed from the
     keys of :func:`mlp_sub_metrics` and :func:`mlp_node_metrics`. Example:
-    ``MLP_sub=good: c^1 and c^2 match GT, MLP_node=bad: values ~5 vs GT ~0.01, flat, R2 -3.10``.
+    ``MLP_sub=partial: shape matches c^1, c^2 (R² 0.99) but at ×0.24 of the true scale (learned =
+    0.24 × c^s), MLP_node=bad: values ~5 vs GT ~0.01, flat, R² -3.10``.
     """
     return f"{_visual_sub(function_metrics)}, {_visual_node(function_metrics)}"

@@ -1,7 +1,8 @@
 """Diagnostic figures of a training run and of a study (matplotlib, Agg canvas, PNG).
 
 Every function takes the output ``path`` first, creates its parent folders, writes one PNG at
-``DPI`` and returns the path. Inputs are numpy arrays (no torch). Figures are built on
+``DPI`` and returns the path. The exploration tree lives in :mod:`metab_opt.tree_plot` and is
+re-exported here. Inputs are numpy arrays (no torch). Figures are built on
 ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot, so nothing global is
 touched (no backend switch, no open-figure registry) and the module is safe in worker threads.
 """
@@ -14,18 +15,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from numpy.typing import ArrayLike
 
+from metab_opt._figure import DPI
+from metab_opt._figure import PathLike as _PathLike
+from metab_opt._figure import color as _color
+from metab_opt._figure import new_figure as _new_figure
+from metab_opt._figure import save as _save
 from metab_opt.metrics import OUTLIER_THRESHOLD, best_scale, mlp_node_truth
+from metab_opt.tree_plot import (
+    OTHER_MARKER,
+    STRATEGY_MARKERS,
+    plot_exploration_tree,
+    r2_norm,
+)
 
 __all__ = [
     "DPI",
+    "OTHER_MARKER",
+    "STRATEGY_MARKERS",
+    "r2_norm",
     "plot_mlp_sub",
     "plot_mlp_node",
     "plot_rate_constants",
@@ -33,26 +44,6 @@ __all__ = [
     "plot_kinograph",
     "plot_exploration_tree",
 ]
-
-DPI = 100
-
-_PathLike = str | Path
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: _PathLike) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=DPI, format="png")
-    fig.clear()
-    return out
-
 
 def _fmt(x: object, spec: str = ".3f") -> str:
     try:
@@ -62,8 +53,55 @@ def _fmt(x: object, spec: str = ".3f") -> str:
     return format(v, spec) if math.isfinite(v) else "nan"
 
 
-def _color(i: int) -> str:
-    return f"C{i % 10}"
+def _fmt_mag(x: float) -> str:
+    """A magnitude in two significant digits; small ones as 1.3e-04 rather than 0.00013."""
+    if not math.isfinite(x):
+        return "nan"
+    return f"{x:.1e}" if 0.0 < abs(x) < 1e-2 else f"{x:.2g}"
+
+
+def _mlp_sub_figure(
+    c_grid: ArrayLike,
+    curves: Mapping[int, ArrayLike],
+    scales: Mapping[int, float] | None = None,
+) -> Figure:
+    c = np.asarray(c_grid, dtype=np.float64).ravel()
+    powers = sorted(curves)
+    # One panel per s, each on its own y axis: c^1 and c^2 differ by a factor c_max, so on a
+    # shared axis the c^1 curve is flat at the bottom.
+    fig = _new_figure(4.2 * max(1, len(powers)) + 0.6, 4.5)
+    for i, s in enumerate(powers):
+        ax = fig.add_subplot(1, max(1, len(powers)), i + 1)
+        f = np.asarray(curves[s], dtype=np.float64).ravel()
+        target = c ** int(s)
+        if scales is not None and s in scales:
+            scale = float(scales[s])
+        else:
+            a = best_scale(f, target)
+            scale = 1.0 / a if math.isfinite(a) and a != 0.0 else float("nan")
+        ax.plot(c, f, color=_color(i), lw=3.0, alpha=0.6, label="learned")
+        # The truth is exactly c^s (scale 1): drawing only the best-fit scale·c^s would make a
+        # learned curve at 0.24·c^s look perfect, which is the scale error that matters.
+        ax.plot(c, target, color="k", lw=1.5, ls="--", zorder=3, label=f"GT c^{s}")
+        if math.isfinite(scale):
+            ax.plot(
+                c,
+                scale * target,
+                color=_color(i),
+                lw=1.2,
+                ls=":",
+                zorder=4,
+                label=f"{_fmt(scale, '.3g')}·c^{s} (shape ref.)",
+            )
+        ax.set_xlabel("concentration c")
+        ax.set_ylabel(f"MLP_sub(c, s={s})")
+        ax.set_title(f"s={s}: learned ≈ {_fmt(scale, '.3g')} × c^{s}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if not powers:
+        fig.add_subplot().set_title("MLP_sub: no curves")
+    fig.suptitle("MLP_sub vs true c^s (dashed); dotted: c^s at the learned scale", fontsize=10)
+    return fig
 
 
 def plot_mlp_sub(
@@ -73,56 +111,23 @@ def plot_mlp_sub(
     *,
     scales: Mapping[int, float] | None = None,
 ) -> Path:
-    """Learned MLP_sub per coefficient s (solid) against ``scale_s · c^s`` (dashed).
+    """Learned MLP_sub, one panel per coefficient s: the learned curve (solid), the true ``c^s``
+    (black dashed) and ``scale_s · c^s`` (dotted, the shape reference).
 
-    ``scale_s`` is ``scales[s]`` when given (e.g. ``MLP_sub_scale_s{s}`` from the metrics), else
-    the least-squares scale ``1/a``, ``a = Σ f_s c^s / Σ f_s²``; a correct shape then overlaps.
+    ``scale_s`` is ``scales[s]`` when given (``MLP_sub_scale_s{s}`` from the metrics: learned ≈
+    scale·c^s), else the least-squares scale ``1/a``, ``a = Σ f_s c^s / Σ f_s²``. A right shape
+    overlaps the dotted line; the right scale also overlaps the dashed one (scale 1).
     """
-    c = np.asarray(c_grid, dtype=np.float64).ravel()
-    fig = _new_figure(6.0, 4.5)
-    ax = fig.add_subplot()
-    for i, s in enumerate(sorted(curves)):
-        f = np.asarray(curves[s], dtype=np.float64).ravel()
-        target = c ** int(s)
-        if scales is not None and s in scales:
-            scale = float(scales[s])
-        else:
-            a = best_scale(f, target)
-            scale = 1.0 / a if math.isfinite(a) and a != 0.0 else float("nan")
-        ax.plot(c, f, color=_color(i), lw=3.0, alpha=0.5, label=f"learned, s={s}")
-        if math.isfinite(scale):
-            ax.plot(
-                c,
-                scale * target,
-                color=_color(i),
-                lw=1.5,
-                ls="--",
-                zorder=3,
-                label=f"GT {_fmt(scale, '.3g')}·c^{s}",
-            )
-    ax.set_xlabel("concentration c")
-    ax.set_ylabel("MLP_sub(c, s)")
-    ax.set_title("MLP_sub vs scaled c^s (dashed)")
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(_mlp_sub_figure(c_grid, curves, scales), path)
 
 
-def plot_mlp_node(
-    path: _PathLike,
+def _mlp_node_figure(
     c: ArrayLike,
     outputs: ArrayLike,
     types: ArrayLike,
     lambdas: Sequence[float],
     baselines: Sequence[float],
-) -> Path:
-    """MLP_node of every metabolite (thin, coloured by type) and the truth per type (dashed).
-
-    ``c`` and ``outputs``: (n_points, n_metabolites) (``c`` may be a shared 1-D grid);
-    ``types``: (n_metabolites,) ints indexing ``lambdas`` and ``baselines``. The truth is
-    ``-λ_t (c - c_base,t)``.
-    """
+) -> Figure:
     out = np.asarray(outputs, dtype=np.float64)
     if out.ndim == 1:
         out = out[:, None]
@@ -131,18 +136,23 @@ def plot_mlp_node(
         cc = np.broadcast_to(cc[:, None], out.shape)
     ty = np.asarray(types, dtype=np.int64).ravel()
     truth = mlp_node_truth(cc, ty, lambdas, baselines)
-    fig = _new_figure(6.5, 4.5)
-    ax = fig.add_subplot()
+    fig = _new_figure(12.0, 4.8)
+    # Left: learned and truth on one axis (their relative size). Right: the learned curves
+    # alone on their own axis, because a learned term 1000x smaller than the truth is a flat
+    # line on the left and its shape (sign, slope, per-type baseline) would be invisible.
+    both = fig.add_subplot(1, 2, 1)
+    alone = fig.add_subplot(1, 2, 2)
     handles: list[Line2D] = []
     for t in np.unique(ty):
         cols = np.flatnonzero(ty == t)
         color = _color(int(t))
         for j in cols:
-            ax.plot(cc[:, j], out[:, j], color=color, lw=0.7, alpha=0.5)
+            both.plot(cc[:, j], out[:, j], color=color, lw=0.7, alpha=0.5, zorder=2)
+            alone.plot(cc[:, j], out[:, j], color=color, lw=0.7, alpha=0.6, zorder=2)
         x = cc[:, cols].ravel()
         order = np.argsort(x)
-        ax.plot(x[order], truth[:, cols].ravel()[order], color="k", lw=2.5, ls="--")
-        ax.plot(x[order], truth[:, cols].ravel()[order], color=color, lw=1.5, ls="--")
+        both.plot(x[order], truth[:, cols].ravel()[order], color="k", lw=2.5, ls="--")
+        both.plot(x[order], truth[:, cols].ravel()[order], color=color, lw=1.5, ls="--")
         lam, base = float(lambdas[int(t)]), float(baselines[int(t)])
         handles.append(
             Line2D(
@@ -153,13 +163,50 @@ def plot_mlp_node(
             )
         )
     handles.append(Line2D([], [], color="k", ls="--", label="GT -λ(c - c_base)"))
-    ax.axhline(0.0, color="0.6", lw=0.8)
-    ax.set_xlabel("concentration c")
-    ax.set_ylabel("MLP_node output")
-    ax.set_title("MLP_node per metabolite vs true homeostasis (dashed)")
-    ax.grid(alpha=0.3)
-    ax.legend(handles=handles, fontsize=8)
-    return _save(fig, path)
+    learned = out[np.isfinite(out)]
+    true_vals = truth[np.isfinite(truth)]
+    lo, hi = (float(learned.min()), float(learned.max())) if learned.size else (math.nan, math.nan)
+    learned_max = max(abs(lo), abs(hi)) if learned.size else math.nan
+    true_max = float(np.max(np.abs(true_vals))) if true_vals.size else math.nan
+    for ax in (both, alone):
+        ax.axhline(0.0, color="0.6", lw=0.8, zorder=1)
+        ax.set_xlabel("concentration c")
+        ax.grid(alpha=0.3)
+    ratio = learned_max / true_max if true_max > 0.0 else math.nan
+    both.set_ylabel("MLP_node output")
+    both.set_title(
+        f"learned vs GT (dashed), same axis\nmax |learned| {_fmt_mag(learned_max)} vs "
+        f"max |GT| {_fmt_mag(true_max)} (×{_fmt_mag(ratio)})",
+        fontsize=10,
+    )
+    both.legend(handles=handles, fontsize=8)
+    alone.set_ylabel("MLP_node output (learned only)")
+    alone.set_title(
+        f"learned only, own axis\nrange [{_fmt_mag(lo)}, {_fmt_mag(hi)}]", fontsize=10
+    )
+    alone.legend(handles=handles[:-1], fontsize=8)
+    # Scientific notation on the own-scale axis: 1e-4 values otherwise read as 0.0000.
+    alone.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    return fig
+
+
+def plot_mlp_node(
+    path: _PathLike,
+    c: ArrayLike,
+    outputs: ArrayLike,
+    types: ArrayLike,
+    lambdas: Sequence[float],
+    baselines: Sequence[float],
+) -> Path:
+    """MLP_node of every metabolite (thin, coloured by type), in two panels.
+
+    Left: the learned curves with the truth per type (dashed), on one axis, so their relative
+    size shows. Right: the learned curves alone on their own y axis (range in the title), so a
+    learned term far smaller than the truth still shows its shape. ``c`` and ``outputs``:
+    (n_points, n_metabolites) (``c`` may be a shared 1-D grid); ``types``: (n_metabolites,) ints
+    indexing ``lambdas`` and ``baselines``. The truth is ``-λ_t (c - c_base,t)``.
+    """
+    return _save(_mlp_node_figure(c, outputs, types, lambdas, baselines), path)
 
 
 def plot_rate_constants(
@@ -298,199 +345,4 @@ def plot_kinograph(path: _PathLike, x_true: ArrayLike, x_pred: ArrayLike) -> Pat
         ax.set_xlabel("frame")
         ax.set_ylabel("metabolite")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return _save(fig, path)
-
-
-def _short_mutation(text: str, limit: int = 16) -> str:
-    """``learning_rate_k: 0.001 -> 0.002`` -> ``lr_k:\n0.001→0.002``, each line cut at limit."""
-    s = str(text or "").strip()
-    for long, short in (
-        ("learning_rate_", "lr_"),
-        ("coeff_", ""),
-        ("data_augmentation_loop", "aug"),
-        ("batch_size", "bs"),
-        ("n_epochs", "ep"),
-        (" -> ", "→"),
-        ("->", "→"),
-    ):
-        s = s.replace(long, short)
-    lines = s.split(": ", 1) if ": " in s else [s]
-    lines[0] += ":" if len(lines) == 2 else ""
-    return "\n".join(x if len(x) <= limit else x[: limit - 1] + "…" for x in lines)
-
-
-_STRATEGY_MARKERS = {"exploit": "o", "explore": "s", "boundary": "^"}
-
-
-def _tree_layout(
-    ids: list[int], parent_of: dict[int, int | None]
-) -> tuple[dict[int, tuple[float, int]], dict[int, list[int]], list[int]]:
-    """Layered layout: depth from the root, x by leaf order, a parent centred over its children.
-
-    A node whose parent is None, unknown, or on a parent cycle is a root; roots are laid out one
-    after the other.
-    """
-    known = set(ids)
-    children: dict[int, list[int]] = {i: [] for i in ids}
-    roots: list[int] = []
-    for i in ids:
-        p = parent_of.get(i)
-        # Walk up to detect cycles: a node on a cycle becomes a root.
-        seen = {i}
-        q = p
-        cyclic = False
-        while q is not None and q in known:
-            if q in seen:
-                cyclic = True
-                break
-            seen.add(q)
-            q = parent_of.get(q)
-        if p is None or p not in known or cyclic:
-            roots.append(i)
-        else:
-            children[p].append(i)
-    for lst in children.values():
-        lst.sort()
-    pos: dict[int, tuple[float, int]] = {}
-    next_x = 0.0
-
-    def place(node: int, depth: int) -> float:
-        nonlocal next_x
-        kids = children[node]
-        if not kids:
-            x = next_x
-            next_x += 1.0
-        else:
-            xs = [place(k, depth + 1) for k in kids]
-            x = 0.5 * (xs[0] + xs[-1])
-        pos[node] = (x, depth)
-        return x
-
-    for r in sorted(roots):
-        place(r, 0)
-    return pos, children, roots
-
-
-def plot_exploration_tree(path: _PathLike, nodes: Sequence[Mapping[str, Any]]) -> Path:
-    """The UCB exploration tree: nodes coloured by R² (grey when None/non-finite).
-
-    Each dict has ``node`` (int), ``parent`` (int | None), ``r2`` (float | None), ``mutation``
-    (str), ``strategy`` (str) and ``block`` (int). Layout: depth top-down, leaves side by side,
-    each parent centred over its children. Marker: strategy (o exploit, s explore, ^ boundary,
-    D other); outline colour: block. Each child is labelled with its shortened
-    mutation just above it and shows its R² just below. The colour
-    scale spans R² in [0, 1]; lower values take the bottom colour.
-    """
-    by_id: dict[int, Mapping[str, Any]] = {}
-    for n in nodes:
-        by_id[int(n["node"])] = n
-    ids = sorted(by_id)
-    parent_of: dict[int, int | None] = {}
-    for i in ids:
-        p = by_id[i].get("parent")
-        parent_of[i] = None if p is None else int(p)
-    pos, children, _ = _tree_layout(ids, parent_of)
-
-    n_leaves = max(1, sum(1 for i in ids if not children[i]))
-    depth = max((d for _, d in pos.values()), default=0)
-    width = min(36.0, max(6.0, 1.3 * n_leaves + 2.0))
-    height = min(30.0, max(4.0, 1.3 * (depth + 1) + 1.5))
-    many = len(ids) > 30
-    fig = _new_figure(width, height)
-    ax = fig.add_subplot()
-    cmap = colormaps["viridis"]
-    norm = Normalize(vmin=0.0, vmax=1.0)
-
-    for i in ids:
-        for k in children[i]:
-            (x0, d0), (x1, d1) = pos[i], pos[k]
-            ax.plot([x0, x1], [-d0, -d1], color="0.55", lw=1.0, zorder=1)
-            label = _short_mutation(str(by_id[k].get("mutation", "")), 14 if many else 20)
-            if label:
-                # Just above the child: nodes of one layer are >= 1 apart, so labels do not
-                # collide the way edge midpoints of close siblings do.
-                ax.text(
-                    x1,
-                    -d1 + 0.4,
-                    label,
-                    fontsize=6 if many else 7,
-                    ha="center",
-                    va="center",
-                    zorder=2,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-                )
-
-    blocks = sorted({int(by_id[i].get("block", 0) or 0) for i in ids})
-    block_color = {b: _color(j) for j, b in enumerate(blocks)}
-    for i in ids:
-        x, d = pos[i]
-        r2 = by_id[i].get("r2")
-        try:
-            r2f = float(r2) if r2 is not None else float("nan")
-        except (TypeError, ValueError):
-            r2f = float("nan")
-        face = cmap(norm(r2f)) if math.isfinite(r2f) else (0.75, 0.75, 0.75, 1.0)
-        strategy = str(by_id[i].get("strategy", "") or "")
-        marker = _STRATEGY_MARKERS.get(strategy, "D")
-        block = int(by_id[i].get("block", 0) or 0)
-        ax.scatter(
-            [x],
-            [-d],
-            s=420 if not many else 260,
-            marker=marker,
-            c=[face],
-            edgecolors=block_color[block],
-            linewidths=2.0,
-            zorder=3,
-        )
-        text_color = "white" if math.isfinite(r2f) and norm(r2f) < 0.5 else "black"
-        ax.text(
-            x,
-            -d,
-            str(i),
-            fontsize=7 if many else 8,
-            ha="center",
-            va="center",
-            color=text_color,
-            zorder=4,
-        )
-        ax.text(
-            x,
-            -d - 0.3,
-            f"{r2f:.2f}" if math.isfinite(r2f) else "n/a",
-            fontsize=6,
-            ha="center",
-            va="center",
-            color="0.25",
-            zorder=4,
-        )
-
-    sm = ScalarMappable(norm=norm, cmap=cmap)
-    sm.set_array([])
-    fig.colorbar(
-        sm, ax=ax, fraction=0.03, pad=0.01, shrink=0.8, extend="min", label="rate_constants_R2"
-    )
-    legend = [
-        Line2D([], [], marker=m, ls="", color="0.4", label=s) for s, m in _STRATEGY_MARKERS.items()
-    ]
-    legend += [
-        Line2D(
-            [], [], marker="o", ls="", mfc="white", mec=block_color[b], mew=2, label=f"block {b}"
-        )
-        for b in blocks
-    ]
-    legend.append(Line2D([], [], marker="o", ls="", color=(0.75, 0.75, 0.75), label="no R²"))
-    ax.legend(
-        handles=legend,
-        fontsize=7,
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.0),
-        ncol=len(legend),
-        frameon=False,
-    )
-    xs = [x for x, _ in pos.values()] or [0.0]
-    ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
-    ax.set_ylim(-depth - 0.5, 0.5)
-    ax.set_axis_off()
-    ax.set_title(f"Exploration tree ({len(ids)} nodes, {len(blocks)} block(s))")
     return _save(fig, path)

@@ -291,14 +291,19 @@ def _function_metrics(sub: tuple[float, float], node_r2: float, node_max: float)
 
 def test_visual_line_good() -> None:
     line = m.visual_line(_function_metrics((0.99, 0.97), 0.95, 0.011))
-    assert line.startswith("MLP_sub=good: c^1 and c^2 match GT, MLP_node=good: ")
+    assert line.startswith(
+        "MLP_sub=good: shape matches c^1, c^2 (R² 0.99, 0.97), at the true scale "
+        "(learned = 1.0 × c^s), MLP_node=good: "
+    )
     assert "values ~0.01" in line
 
 
 def test_visual_line_partial() -> None:
     line = m.visual_line(_function_metrics((0.99, 0.8), 0.6, 0.05))
-    assert line.startswith("MLP_sub=partial: c^1 matches GT; c^2 (R2 0.80) roughly")
-    assert ", MLP_node=partial: values ~0.05 vs GT ~0.01, slopes match GT, R2 0.60" in line
+    assert line.startswith(
+        "MLP_sub=partial: shape matches c^1 (R² 0.99); c^2 (R² 0.80) roughly; at the true scale"
+    )
+    assert ", MLP_node=partial: values ~0.05 vs GT ~0.01, slopes match GT, R² 0.60" in line
     # Small output (<= 2x the truth) with a poor R2 is partial, not bad.
     assert "MLP_node=partial" in m.visual_line(_function_metrics((0.99, 0.99), -0.5, 0.015))
 
@@ -308,7 +313,7 @@ def test_visual_line_bad() -> None:
     fm["MLP_node_slope_type0"] = 0.00001
     fm["MLP_node_slope_type1"] = -0.0001
     line = m.visual_line(fm)
-    assert line.startswith("MLP_sub=bad: c^1 (R2 0.20) and c^2 (non-finite) wrong shape")
+    assert line.startswith("MLP_sub=bad: c^1 (R² 0.20) and c^2 (non-finite) wrong shape")
     assert "MLP_node=bad: values ~5 vs GT ~0.01, flat" in line
     assert m.visual_line({}) == "MLP_sub=bad: not evaluated, MLP_node=bad: not evaluated"
     nan_node = _function_metrics((0.99, 0.99), float("nan"), float("nan"))
@@ -317,11 +322,49 @@ def test_visual_line_bad() -> None:
 
 def test_visual_line_from_computed_metrics() -> None:
     c = np.linspace(0.0, 5.0, 30)
-    fm = m.mlp_sub_metrics(c, {1: 2 * c, 2: 2 * c**2})
+    fm = m.mlp_sub_metrics(c, {1: 1.2 * c, 2: 1.2 * c**2})
     types = np.array([0, 1])
     cc = np.tile(c[:, None], (1, 2))
     fm |= m.mlp_node_metrics(cc, m.mlp_node_truth(cc, types, [1, 2], [1, 2]), types, [1, 2], [1, 2])
-    assert m.visual_line(fm).startswith("MLP_sub=good: c^1 and c^2 match GT, MLP_node=good:")
+    assert m.visual_line(fm).startswith(
+        "MLP_sub=good: shape matches c^1, c^2 (R² 1.00), at the true scale (learned = 1.2 × c^s), "
+        "MLP_node=good:"
+    )
+    # The seed's failure: the right shape at a quarter of the true size. MLP_sub_scale_s{s} is
+    # learned / c^s, so the line must say 0.24, not its inverse 4.2, and call it partial.
+    fm |= m.mlp_sub_metrics(c, {1: 0.24 * c, 2: 0.24 * c**2})
+    assert m.visual_line(fm).startswith(
+        "MLP_sub=partial: shape matches c^1, c^2 (R² 1.00) but at ×0.24 of the true scale "
+        "(learned = 0.24 × c^s), MLP_node=good:"
+    )
+
+
+@pytest.mark.parametrize(
+    ("scale", "off"),
+    [(1.0, False), (1.5, False), (1 / 1.5, False), (1.51, True), (0.66, True), (4.2, True),
+     (0.24, True), (-1.0, True), (float("nan"), True)],
+)
+def test_visual_sub_scale_threshold(scale: float, off: bool) -> None:
+    fm = _function_metrics((0.99, 0.99), 0.95, 0.011)
+    fm["MLP_sub_scale_s1"] = fm["MLP_sub_scale_s2"] = scale
+    line = m.visual_line(fm)
+    assert line.startswith("MLP_sub=partial:" if off else "MLP_sub=good:")
+    assert ("at ×" in line and "of the true scale" in line) == off
+    assert ("at the true scale" in line) == (not off)
+
+
+def test_visual_sub_scale_caps_but_does_not_lift() -> None:
+    # A scale error caps a perfect shape at partial; it never turns a wrong shape into partial.
+    wrong = _function_metrics((0.2, 0.99), 0.95, 0.011)
+    wrong["MLP_sub_scale_s1"] = wrong["MLP_sub_scale_s2"] = 0.24
+    assert m.visual_line(wrong).startswith("MLP_sub=bad:")
+    # Scales that differ per s are listed per s.
+    mixed = _function_metrics((0.99, 0.99), 0.95, 0.011)
+    mixed["MLP_sub_scale_s2"] = 0.058
+    assert "off the true scale (learned = 1.0 × c^1, 0.058 × c^2)" in m.visual_line(mixed)
+    # Without scale keys (an older record) the shape alone decides.
+    no_scale = {k: v for k, v in mixed.items() if not k.startswith("MLP_sub_scale")}
+    assert m.visual_line(no_scale).startswith("MLP_sub=good: shape matches c^1, c^2 (R² 0.99),")
 
 
 def test_pure_numpy_import() -> None:

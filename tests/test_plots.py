@@ -1,4 +1,5 @@
-"""Each plot writes a non-empty PNG from tiny inputs."""
+"""Each plot writes a non-empty PNG from tiny inputs; what the figures show is checked on the
+Figure objects and the helpers (labels, norm, markers), never on pixels."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
+from matplotlib.markers import MarkerStyle
 
-from metab_opt import plots
+from metab_opt import plots, tree_plot
+from metab_opt.sampler import STRATEGIES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -81,7 +85,7 @@ def test_plot_tree_two_blocks(tmp_path: Path) -> None:
     nodes: list[dict] = [
         {"node": 0, "parent": None, "r2": -2.0, "mutation": "", "strategy": "exploit", "block": 0}
     ]
-    strategies = ["exploit", "explore", "boundary"]
+    strategies = ["exploit", "explore", "boundary-probe"]
     for i in range(1, 20):
         block = 0 if i < 10 else 1
         parent = int(rng.integers(0, i)) if i != 10 else 7  # block 1 restarts from node 7
@@ -112,3 +116,128 @@ def test_plot_tree_many_and_unknown_parent(tmp_path: Path, n: int) -> None:
         for i in range(n)
     ]
     assert _is_png(plots.plot_exploration_tree(tmp_path / "tree60.png", nodes))
+
+
+# --- what the figures show ----------------------------------------------------------------
+
+
+def test_every_sampler_strategy_has_its_own_marker() -> None:
+    assert set(STRATEGIES) <= set(tree_plot.STRATEGY_MARKERS)
+    markers = [tree_plot.STRATEGY_MARKERS[name] for name in STRATEGIES]
+    assert len(set(markers)) == len(markers), "two strategies share a marker"
+    assert tree_plot.OTHER_MARKER not in markers
+
+
+def _tree_nodes(r2s: list[float | None], strategies: list[str]) -> list[dict]:
+    return [
+        {"node": i, "parent": None if i == 0 else 0, "r2": r2, "mutation": "lr_k: 1 -> 2",
+         "strategy": strategy, "block": 1}
+        for i, (r2, strategy) in enumerate(zip(r2s, strategies, strict=True))
+    ]
+
+
+def _legend_labels(fig: Figure) -> list[str]:
+    legend = fig.axes[0].get_legend()
+    assert legend is not None
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def test_tree_legend_lists_the_strategies_present() -> None:
+    nodes = _tree_nodes([0.5, 0.9, None, -3.0],
+                        ["root", "boundary-probe", "degeneracy-break", "boundary-probe"])
+    labels = _legend_labels(tree_plot._exploration_tree_figure(nodes))
+    assert labels == ["root", "degeneracy-break", "boundary-probe", "block 1", "no R²"]
+    # An unknown name (or none) is drawn as "other", and listed once.
+    nodes = _tree_nodes([0.5, 0.9, 0.1], ["exploit", "boundary", ""])
+    labels = _legend_labels(tree_plot._exploration_tree_figure(nodes))
+    assert labels == ["exploit", "other", "block 1"]
+
+
+def test_tree_markers_follow_the_strategy() -> None:
+    nodes = _tree_nodes([0.5, 0.9, 0.1], ["root", "replicate", "mystery"])
+    fig = tree_plot._exploration_tree_figure(nodes)
+    # Each node is one scatter; compare its marker path with the one matplotlib builds.
+    paths = [c.get_paths()[0] for c in fig.axes[0].collections]
+    assert len(paths) == 3
+    for path, marker in zip(paths, ("*", "h", tree_plot.OTHER_MARKER), strict=True):
+        expected = MarkerStyle(marker).get_path().transformed(MarkerStyle(marker).get_transform())
+        np.testing.assert_allclose(path.vertices, expected.vertices)
+
+
+def test_r2_norm_tells_large_negatives_and_near_ones_apart() -> None:
+    norm = tree_plot.r2_norm([-114.0, -3.0, -0.1, 0.4, 0.93, 0.99, 0.999, None, float("nan")])
+    assert norm.vmin == -114.0 and norm.vmax == 1.0
+    xs = [-114.0, -100.0, -10.0, -1.0, -0.1, 0.0, 0.4, 0.9, 0.99, 0.999, 1.0]
+    ys = [float(norm(x)) for x in xs]
+    assert ys[0] == pytest.approx(0.0) and ys[-1] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(ys[:-2], ys[1:-1], strict=True))  # monotone up to 0.999
+    assert float(norm(0.0)) == pytest.approx(0.5)  # the sign is the hue
+    assert float(norm(-0.1)) - float(norm(-100.0)) > 0.4  # a linear scale gives 0.001 of it
+    assert float(norm(0.999)) - float(norm(0.99)) > 0.1
+    assert float(norm(0.99)) - float(norm(0.9)) > 0.1
+    # Nothing negative: the lower half still spans down to -1.
+    assert tree_plot.r2_norm([0.5, 0.9]).vmin == -1.0
+    assert tree_plot.r2_norm([]).vmin == -1.0
+
+
+@pytest.mark.parametrize(
+    ("x", "text"),
+    [(0.999, "0.999"), (0.990, "0.990"), (0.9, "0.900"), (-0.1, "-0.100"), (-3.05, "-3.050"),
+     (-12.53, "-12.5"), (-114.3, "-114"), (-1234.0, "-1234"), (0.99996, ">0.999"), (1.0, "1.000"),
+     (None, "n/a"), (float("nan"), "n/a"), ("x", "n/a")],
+)
+def test_r2_label(x: object, text: str) -> None:
+    assert tree_plot._r2_label(x) == text
+
+
+def test_colour_bar_ticks_are_readable_r2_values() -> None:
+    nodes = _tree_nodes([-114.0, -3.0, -0.1, 0.4, 0.93, 0.990, 0.999],
+                        ["root", "exploit", "explore", "exploit", "exploit", "duration", "exploit"])
+    fig = tree_plot._exploration_tree_figure(nodes)
+    cbar_ax = fig.axes[1]
+    labels = [t.get_text() for t in cbar_ax.get_yticklabels()]
+    # The bottom is the measured minimum; -100 would crowd it and is left out.
+    assert labels == ["-114", "-10", "-1", "0", "0.9", "0.99", "0.999"]
+    assert "rate_constants_R2" in cbar_ax.get_ylabel()
+
+
+def test_node_ids_stay_readable_on_their_face() -> None:
+    assert tree_plot._text_color((0.0, 0.0, 0.3, 1.0)) == "white"
+    assert tree_plot._text_color((1.0, 1.0, 0.8, 1.0)) == "black"
+    nodes = _tree_nodes([-114.0, 0.0, 0.999], ["root", "exploit", "exploit"])
+    fig = tree_plot._exploration_tree_figure(nodes)
+    ids = {t.get_text(): t.get_color() for t in fig.axes[0].texts if t.get_text() in "012"}
+    # Deep red at -114, pale yellow at 0, deep blue at 0.999.
+    assert ids == {"0": "white", "1": "black", "2": "white"}
+
+
+def test_mlp_node_learned_curves_get_their_own_axis() -> None:
+    c = np.linspace(0.0, 10.0, 30)
+    types = np.array([0, 1, 0, 1])
+    learned = 1e-4 * (1.1 - 0.1 * c[:, None]) * np.ones((1, 4))  # ~1e-4 ...
+    fig = plots._mlp_node_figure(c, learned, types, [0.03, 0.05], [4.0, 6.0])  # ... truth ~0.3
+    both, alone = fig.axes
+    # Left: learned and truth together, so its axis spans the truth.
+    assert both.get_ylim()[1] > 0.25
+    # Right: the learned curves only (one line per metabolite plus the zero line), on an axis
+    # sized to them: the shape spans most of it.
+    lines = [ln for ln in alone.get_lines() if np.ptp(ln.get_ydata()) > 0]
+    assert len(lines) == 4
+    lo, hi = alone.get_ylim()
+    assert hi - lo < 1e-3
+    assert np.ptp(learned) / (hi - lo) > 0.5
+    assert "range [1.0e-05, 1.1e-04]" in alone.get_title()
+    assert "×" in both.get_title()
+
+
+def test_mlp_sub_shows_the_true_scale() -> None:
+    c = np.linspace(0.0, 9.0, 50)
+    fig = plots._mlp_sub_figure(c, {1: 0.24 * c, 2: 0.24 * c**2}, {1: 0.24, 2: 0.24})
+    assert len(fig.axes) == 2
+    for s, ax in zip((1, 2), fig.axes, strict=True):
+        dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert len(dashed) == 1
+        # The dashed GT is c^s itself, not c^s rescaled to the learned curve.
+        np.testing.assert_allclose(dashed[0].get_ydata(), c**s)
+        assert "0.24 × c^" in ax.get_title()
+
