@@ -197,8 +197,51 @@ def block_start(block: int, n_iter_block: int) -> int:
 
 
 @dataclass(frozen=True)
+class Group:
+    """A replicate group: the finished trials with the same params except for the training
+    seed. Its value is the mean R² of its finished runs (a failed run counts 0, a pruned run
+    its last report: :func:`read_node`)."""
+
+    runs: tuple[Node, ...]  # the finished members, by trial number
+    mean_r2: float
+
+    @property
+    def node(self) -> Node:
+        """The group's first trial that did not fail: the one children hang from."""
+        return next(n for n in self.runs if n.can_be_parent)
+
+    @property
+    def spread(self) -> float:
+        """The sample standard deviation of the runs' R² (0 for a single run)."""
+        values = [n.r2 for n in self.runs if n.r2 is not None]
+        if len(values) < 2:
+            return 0.0
+        return math.sqrt(sum((v - self.mean_r2) ** 2 for v in values) / (len(values) - 1))
+
+
+def rank_groups(nodes: Iterable[Node]) -> list[Group]:
+    """The replicate groups with at least one run that did not fail, best mean R² first (ties
+    to the group whose first run is older). The first is the study's incumbent: the sampler's
+    rules, the memory file's best configurations, ``metab-opt best`` and the end-of-run summary
+    all read it from here."""
+    members: dict[tuple[Any, ...], list[Node]] = {}
+    for node in nodes:
+        if node.finished:
+            members.setdefault(node.group, []).append(node)
+    groups = []
+    for runs in members.values():
+        if not any(m.can_be_parent for m in runs):
+            continue
+        runs.sort(key=lambda m: m.number)
+        mean = sum(m.r2 for m in runs if m.r2 is not None) / len(runs)
+        groups.append(Group(runs=tuple(runs), mean_r2=mean))
+    groups.sort(key=lambda g: (-g.mean_r2, g.node.number))
+    return groups
+
+
+@dataclass(frozen=True)
 class Incumbent:
-    """The best replicate group: trials with the same params except for the training seed."""
+    """The best replicate group, as the sampler sees it (running members included)."""
 
     node: Node  # the group's first trial that did not fail: the one children hang from
     mean_r2: float
@@ -208,23 +251,13 @@ class Incumbent:
 
 def incumbent(nodes: Iterable[Node]) -> Incumbent | None:
     """The best finished trial, ranked by the mean R² of its replicates; ties to the older."""
-    groups: dict[tuple[Any, ...], list[Node]] = {}
-    for node in nodes:
-        groups.setdefault(node.group, []).append(node)
-    best: tuple[float, int] | None = None
-    result: Incumbent | None = None
-    for members in groups.values():
-        done = [m for m in members if m.finished]
-        parents = [m for m in done if m.can_be_parent]
-        if not parents:
-            continue
-        mean = sum(m.r2 for m in done if m.r2 is not None) / len(done)
-        first = min(parents, key=lambda m: m.number)
-        rank = (-mean, first.number)
-        if best is None or rank < best:
-            best = rank
-            result = Incumbent(node=first, mean_r2=mean, runs=len(done), members=len(members))
-    return result
+    nodes = list(nodes)
+    ranked = rank_groups(nodes)
+    if not ranked:
+        return None
+    best = ranked[0]
+    members = sum(1 for n in nodes if n.group == best.node.group)
+    return Incumbent(node=best.node, mean_r2=best.mean_r2, runs=len(best.runs), members=members)
 
 
 # ---------------------------------------------------------------------------------------------

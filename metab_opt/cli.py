@@ -28,32 +28,29 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (and a suggestion for a misspelled option)."""
+    """argparse with one-line errors."""
 
     def error(self, message: str) -> NoReturn:
-        if "unrecognized arguments:" in message:
-            bad = message.split(":", 1)[1].split()
-            known = _option_strings(self)
-            hint = ""
-            for word in bad:
-                match = difflib.get_close_matches(word.split("=")[0], known, n=1)
-                if match:
-                    hint = f" (did you mean {match[0]}?)"
-                    break
-            message += hint
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
-    """Every option of a parser and of its subcommands (argparse reports a subcommand's
-    unrecognized arguments from the top-level parser)."""
-    out: list[str] = []
-    for action in parser._actions:
-        out += action.option_strings
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                out += _option_strings(sub)
-    return sorted(set(out))
+def _unrecognized(parser: argparse.ArgumentParser, command: str, extra: Sequence[str]) -> str:
+    """The error for arguments the subcommand ``command`` does not take, with a suggestion from
+    that subcommand's own options (argparse would report them from the top-level parser, and
+    suggest from every subcommand: ``train --no-progress`` was told "did you mean
+    --no-progress?")."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    known = sorted({o for a in sub.choices[command]._actions for o in a.option_strings})
+    message = f"metab-opt {command}: error: unrecognized arguments: {' '.join(extra)}"
+    for word in extra:
+        match = difflib.get_close_matches(word.split("=")[0], known, n=1)
+        if word.startswith("-") and match:
+            return f"{message} (did you mean {match[0]}?)"
+    return message
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_config(p: argparse.ArgumentParser, *, default: str | None = DEFAULT_CONFIG) -> None:
@@ -68,7 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="build (or reuse) the dataset of a config")
     _add_config(p)
-    p.add_argument("--out", default=None, help="data root (default: studies/data)")
+    p.add_argument("--data-root", default=None, help="dataset cache (default: studies/data)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
 
     p = sub.add_parser("train", help="one training run with plots and metrics")
@@ -79,6 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="on a GPU, run each step eagerly instead of replaying a CUDA graph")
+    _add_progress(p)
 
     p = sub.add_parser("bench", help="trainer speed against a per-sample reference")
     _add_config(p)
@@ -101,11 +99,21 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="output folder (default: studies/replicate/<name>)")
     p.add_argument("--data-root", default=None, help="dataset cache (default: studies/data)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_progress(p)
 
     from metab_opt import study as study_mod
 
     study_mod.add_study_arguments(sub.add_parser("study", help="run or resume a study"))
     study_mod.add_compare_arguments(sub.add_parser("compare", help="UCB vs Optuna's samplers"))
+    p = sub.add_parser("best", help="write the study's incumbent as a runnable config")
+    p.allow_abbrev = False
+    p.add_argument("name", help="study name (its folder under --root)")
+    p.add_argument("--root", default="studies", help="output root (default: studies/)")
+    p.add_argument("--storage", default=None,
+                   help="storage URL (default: sqlite:///<root>/<name>/study.db)")
+    p.add_argument("--out", default=None,
+                   help="the config file to write (default: <root>/<name>/<name>_best.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p = sub.add_parser("dashboard", help="browse a study in optuna-dashboard")
     study_mod.add_dashboard_arguments(p)
     return parser
@@ -121,7 +129,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     cfg = _load(args, check_frozen=False)
     t0 = time.perf_counter()
-    ds, built = load_or_build(cfg.simulation, args.out, rebuild=args.rebuild)
+    ds, built = load_or_build(cfg.simulation, args.data_root, rebuild=args.rebuild)
     m = ds.manifest
     print(f"dataset {ds.path} ({'built' if built else 'cached'} in "
           f"{time.perf_counter() - t0:.1f} s)")
@@ -144,7 +152,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("studies") / "train" / cfg.name
     try:
         res = run_training(cfg, out_dir=out, data_root=args.data_root, device=args.device,
-                           progress=True, max_steps=args.max_steps,
+                           progress=not args.no_progress, max_steps=args.max_steps,
                            cuda_graph=not args.no_cuda_graph)
     except TrainingDiverged as exc:
         print(f"metab-opt train: training failed: {exc}", file=sys.stderr)
@@ -194,7 +202,7 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
               f"{row['training_seconds']:.0f} s ({row['wall_seconds']:.0f} s wall)", flush=True)
 
     result = replicate(cfg, seeds=args.seeds, out=out, data_root=args.data_root,
-                       device=args.device, progress=True, on_run=show)
+                       device=args.device, progress=not args.no_progress, on_run=show)
     for key, s in result["summary"].items():
         print(f"{key}: mean {s['mean']:.4f} sd {s['sd']:.4f} "
               f"(range {s['min']:.4f} .. {s['max']:.4f}, n = {s['n']})")
@@ -202,10 +210,26 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] != "failed" for r in result["runs"]) else 1
 
 
+def _cmd_best(args: argparse.Namespace) -> int:
+    from metab_opt.best import export_best
+    from metab_opt.study import open_existing
+
+    storage, label = open_existing(args.name, root=args.root, storage_url=args.storage)
+    out = Path(args.out) if args.out else Path(args.root) / args.name / f"{args.name}_best.yaml"
+    inc, command = export_best(storage, args.name, out=out, storage_label=label,
+                               force=args.force)
+    print(f"incumbent of '{args.name}': {inc.describe()}")
+    print(f"wrote {out} (trial {inc.run.number}'s training seed); train it again with "
+          f"`{command}`")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise UsageError(_unrecognized(parser, args.command, extra))
         if args.command == "simulate":
             return _cmd_simulate(args)
         if args.command == "train":
@@ -214,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_bench(args)
         if args.command == "replicate":
             return _cmd_replicate(args)
+        if args.command == "best":
+            return _cmd_best(args)
         from metab_opt import study as study_mod
 
         return study_mod.run_command(args)

@@ -36,6 +36,7 @@ __all__ = [
     "SimulationConfig",
     "TrainingConfig",
     "apply_params",
+    "dump_config",
     "load_config",
     "parse_overrides",
 ]
@@ -745,3 +746,26 @@ def apply_params(cfg: Config, params: Mapping[str, Any]) -> Config:
                               f"{_suggest(name, cfg.search.names)}") from None
         overrides[knob.key] = value
     return config_from_dict(cfg.raw, path=cfg.path, name=cfg.name, overrides=overrides)
+
+
+def dump_config(cfg: Config, *, header: str = "") -> str:
+    """The whole config as YAML that :func:`load_config` reads back to the same config: every
+    key of every section (defaults written out), one flow-style line per search knob.
+    ``header`` lines are written first, each as a ``#`` comment."""
+    body = cfg.to_dict()
+    search = body.pop("search")
+    knobs = search.pop("knobs", {})
+    dump = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    parts = [f"# {line}".rstrip() for line in header.splitlines()]
+    parts.append(yaml.dump(body, Dumper=dump, sort_keys=False).rstrip())
+    parts.append("search:")
+    if search:
+        parts.append(yaml.dump(search, Dumper=dump, sort_keys=False, indent=2).rstrip()
+                     .replace("\n", "\n  ").join(("  ", "")))
+    parts.append("  knobs:")
+    width = max((len(str(n)) for n in knobs), default=0) + 1
+    for name, spec in knobs.items():
+        flow = yaml.dump(spec, Dumper=dump, default_flow_style=True, sort_keys=False,
+                         width=10_000).strip()
+        parts.append(f"    {f'{name}:':<{width}} {flow}")
+    return "\n".join(parts) + "\n"

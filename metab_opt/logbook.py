@@ -9,7 +9,9 @@ After every finished trial (complete, pruned or failed) the :class:`Logbook` cal
   longer than :data:`MEMORY_MAX_LINES` lines;
 - rewrites ``<dir>/ucb_scores.txt``, the current block's UCB table;
 - draws ``<dir>/exploration_tree.png`` through :func:`metab_opt.plots.plot_exploration_tree`;
-- stores the memory text as the study's optuna-dashboard note.
+- stores the memory text as the study's optuna-dashboard note, each entry as its trial's note,
+  and (given an artifact store) the tree and the analysis log as study artifacts
+  (:mod:`metab_opt.dashboard_views`).
 
 The Optuna storage is the single source of truth: every line is computed from the trials, and
 nothing is ever read back out of the markdown files.
@@ -54,9 +56,12 @@ from typing import TYPE_CHECKING, Any
 import filelock
 from optuna.trial import FrozenTrial, TrialState
 
+from metab_opt import _ucb as ucb
 from metab_opt._io import atomic_write
+from metab_opt.dashboard_views import DashboardViews
 
 if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
     from optuna.study import Study
 
     from metab_opt.config import Config
@@ -70,6 +75,7 @@ __all__ = [
     "format_ucb_scores",
     "param_importances",
     "render_memory",
+    "replicate_groups",
     "trial_r2",
     "tree_nodes",
 ]
@@ -263,9 +269,16 @@ def _metrics_line(trial: FrozenTrial) -> str:
     return ", ".join(parts)
 
 
+# The instructions' reading "high R2_shifted + low R2 = scale ambiguity": k is right up to one
+# global factor (log offset). "High" is their "good value" for both R², 0.9.
+_AMBIGUITY_SHIFTED_R2 = 0.9  # rate_constants_R2_shifted above this: k correlated ...
+_AMBIGUITY_R2 = 0.9  # ... and rate_constants_R2 below this: but globally shifted
+
+
 def _observation(trial: FrozenTrial, parent: FrozenTrial | None,
                  best_before: tuple[int, float] | None) -> str:
-    """One computed line: what changed against the parent, the diagnosis, the record."""
+    """One computed line: what changed against the parent, the diagnosis, scale ambiguity
+    (shifted R² > 0.9 with R² < 0.9), the record."""
     parts: list[str] = []
     r2 = trial_r2(trial)
     if trial.state == TrialState.FAIL:
@@ -290,6 +303,15 @@ def _observation(trial: FrozenTrial, parent: FrozenTrial | None,
         gap = _finite(trial.user_attrs.get("degeneracy_gap"))
         gap_text = f" (gap {gap:.2f})" if gap is not None else ""
         parts.append(f"diagnosis {' '.join(str(diagnosis).split())}{gap_text}")
+    shifted = _finite(trial.user_attrs.get("rate_constants_R2_shifted"))
+    r2_attr = _finite(trial.user_attrs.get("rate_constants_R2"))
+    r2_raw = r2_attr if r2_attr is not None else r2
+    if (shifted is not None and r2_raw is not None and shifted > _AMBIGUITY_SHIFTED_R2
+            and r2_raw < _AMBIGUITY_R2):
+        offset = _finite(trial.user_attrs.get("mean_log_offset"))
+        offset_text = f", mean log10 k off by {offset:+.2f}" if offset is not None else ""
+        parts.append(f"scale ambiguity: k correlated but shifted (shifted R² {shifted:.2f} vs "
+                     f"R² {r2_raw:.2f}{offset_text}) — anchor the scale (raise coeff_k_center)")
     if r2 is not None:
         if best_before is None or r2 > best_before[1]:
             parts.append("new best")
@@ -306,8 +328,9 @@ def format_entry(trial: FrozenTrial, *, parent: FrozenTrial | None = None,
     """One trial's entry in the log form (ends with a newline).
 
     ``parent`` is the parent trial (for ΔR²); ``best_before`` the ``(trial number, R²)`` of the
-    best trial finished before this one; ``next_parent`` the node the UCB table ranks first
-    after this trial (``"root"`` at a block boundary, None when unknown); ``base_params`` the
+    best trial finished before this one; ``next_parent`` the parent of the next trial, as the
+    sampler decides it (``"root"`` for the config's base values, None when unknown; see
+    :meth:`Logbook._next_parent`); ``base_params`` the
     config's knob values, against which extra knobs are shown; ``config`` supplies the values
     of log-form knobs that the study does not search.
     """
@@ -357,9 +380,10 @@ def format_ucb_scores(rows: Sequence[Mapping[str, Any]], *, block: int | None = 
     after_text = f", after iter {after}" if after is not None else ""
     if not rows:
         return (f"# UCB scores ({where}{after_text}): block boundary, no nodes yet "
-                f"-> next parent=root\n")
+                f"-> the next block starts at its root\n")
     head = (f"# UCB scores ({where}{after_text}): {len(rows)} nodes, "
-            f"next parent={_top_node(rows)}")
+            f"highest UCB={_top_node(rows)} (the sampler's rule picks the next parent: "
+            f"see the log's Next line)")
     table = [head, f"{'node':>6}  {'UCB':>8}  {'parent':>6}  {'visits':>6}  {'R2':>8}  "
                    f"{'test_pearson':>12}  mutation"]
     for row in rows:
@@ -530,13 +554,9 @@ def _knowledge_lines(effects: Mapping[tuple[tuple[str, str], ...], _Effect],
     return lines or ["- no parent->child comparison yet"]
 
 
-def _params_key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, repr(v)) for k, v in params.items() if k != "seed"))
-
-
 def _describe_params(params: Mapping[str, Any], base_params: Mapping[str, Any] | None) -> str:
     if base_params is None:
-        items = [(k, v) for k, v in sorted(params.items()) if k != "seed"]
+        items = [(k, v) for k, v in sorted(params.items()) if k != "seed" and v is not None]
         return ", ".join(f"{k}={_fmt_param(v)}" for k, v in items) or "no params"
     diff = [(k, v) for k, v in params.items()
             if k != "seed" and (k not in base_params or base_params[k] != v)]
@@ -545,34 +565,45 @@ def _describe_params(params: Mapping[str, Any], base_params: Mapping[str, Any] |
     return ", ".join(f"{k}={_fmt_param(v)}" for k, v in diff) + " (rest as base)"
 
 
+def replicate_groups(trials: Iterable[FrozenTrial], *, names: Sequence[str],
+                     base_params: Mapping[str, Any] | None = None) -> list[ucb.Group]:
+    """The study's replicate groups, best first (:func:`metab_opt._ucb.rank_groups`): the first
+    is the incumbent the sampler builds on. ``names`` are the knobs (a knob named ``seed`` is
+    the training seed); ``base_params`` their values where a trial does not set them."""
+    base = dict(base_params) if base_params is not None else dict.fromkeys(names)
+    group_names = [n for n in names if n != "seed"]
+    finished = [t for t in trials if t.state in FINISHED_STATES]
+    return ucb.rank_groups(ucb.read_nodes(finished, base, list(names), group_names))
+
+
+def _group_score(group: ucb.Group) -> str:
+    """``R² mean 0.912 ± 0.010 over 3 seeds (range …; iters 3, 7, 9)`` or ``R² 0.9 (iter 3, 1
+    seed)``: a failed run counts 0 and a pruned run its last report, as the sampler counts."""
+    runs = group.runs
+    iters = ", ".join(str(n.number) for n in runs)
+    notes = [f"{k} {w}" for k, w in ((sum(n.failed for n in runs), "failed"),
+                                      (sum(n.state == TrialState.PRUNED for n in runs), "pruned"))
+             if k]
+    note = f", {' and '.join(notes)}" if notes else ""
+    if len(runs) == 1:
+        return f"R² {group.mean_r2:.3f} (iter {iters}, 1 seed{note})"
+    r2s = [n.r2 for n in runs if n.r2 is not None]
+    n_seeds = len({ucb.canonical(n.params.get("seed")) for n in runs})
+    count = f"{len(runs)} seeds" if n_seeds == len(runs) else f"{len(runs)} runs ({n_seeds} seeds)"
+    return (f"R² mean {group.mean_r2:.3f} ± {group.spread:.3f} over {count} "
+            f"(range {min(r2s):.3f}–{max(r2s):.3f}; iters {iters}{note})")
+
+
 def _best_lines(finished: Sequence[FrozenTrial], base_params: Mapping[str, Any] | None,
-                top: int) -> list[str]:
-    groups: dict[tuple[tuple[str, str], ...], list[FrozenTrial]] = {}
-    for t in finished:
-        if t.state == TrialState.COMPLETE and trial_r2(t) is not None:
-            groups.setdefault(_params_key(t.params), []).append(t)
+                names: Sequence[str], top: int) -> list[str]:
+    groups = replicate_groups(finished, names=names, base_params=base_params)
     if not groups:
-        return ["- no complete trial yet"]
-    ranked = []
-    for members in groups.values():
-        values = [trial_r2(t) for t in members]
-        r2s = [v for v in values if v is not None]
-        best = max(members, key=lambda t: (trial_r2(t) or -math.inf, -t.number))
-        ranked.append((statistics.fmean(r2s), r2s, best, members))
-    ranked.sort(key=lambda r: (-r[0], r[2].number))
+        return ["- no finished trial that did not fail yet"]
     lines = []
-    for i, (mean, r2s, best, members) in enumerate(ranked[:top], start=1):
-        if len(r2s) > 1:
-            sd = statistics.stdev(r2s)
-            iters = ", ".join(str(n) for n in sorted(t.number for t in members))
-            n_seeds = len({repr(t.params.get("seed")) for t in members})
-            runs = (f"{len(r2s)} seeds" if n_seeds == len(r2s)
-                    else f"{len(r2s)} runs ({n_seeds} seeds)")
-            score = (f"R² mean {mean:.3f} ± {sd:.3f} over {runs} "
-                     f"(range {min(r2s):.3f}–{max(r2s):.3f}; iters {iters})")
-        else:
-            score = f"R² {mean:.3f} (iter {best.number}, 1 seed)"
-        lines.append(f"{i}. {score}: {_describe_params(best.params, base_params)}")
+    for i, group in enumerate(groups[:top], start=1):
+        mark = " — the incumbent" if i == 1 else ""
+        lines.append(f"{i}. {_group_score(group)}: "
+                     f"{_describe_params(group.node.params, base_params)}{mark}")
     return lines
 
 
@@ -742,7 +773,7 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
                             for name, value in ranked]
         importance_lines = importance_lines[:max(3, max_lines // 12)]
         importance_lines.append(f"- (Optuna's default evaluator over {importances[1]})")
-    best_lines = _best_lines(finished, base_params, top=5)
+    best_lines = _best_lines(finished, base_params, order, top=5)
     current_lines = _current_block_lines(by_block.get(current, []), by_number,
                                          cap=max(5, max_lines // 5))
     open_lines = _open_question_lines(effects, finished, order, choices,
@@ -818,6 +849,13 @@ class _StudyAsOf:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
+
+
+def _parent_text(parent: int | None) -> int | str | None:
+    """A parent as the log writes it: ``root`` for the config's base values (a negative id)."""
+    if parent is None:
+        return None
+    return "root" if parent < 0 else int(parent)
 
 
 def _finished_by(trials: Sequence[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
@@ -913,11 +951,14 @@ class Logbook:
     ``directory`` is the study's folder; ``study_name`` names the files; ``config`` (optional)
     gives the base params, the knob order, the block length and the values of log-form knobs
     the study does not search. ``ucb_scores`` replaces :func:`metab_opt.sampler.ucb_scores`
-    (e.g. for a baseline sampler without a tree); ``draw_tree`` and ``dashboard_note`` switch
+    (e.g. for a baseline sampler without a tree) and ``next_parent`` replaces
+    :func:`metab_opt.sampler.next_parent` (None from it: no tree); ``draw_tree`` and
+    ``dashboard_note`` switch
     those two outputs; ``catch_up_after`` (seconds) lets a callback also write the entries of
     trials that finished that long ago without one (a worker killed after its trial was
     failed by the heartbeat), None to leave that to :meth:`sync`; ``raise_errors`` re-raises
-    instead of warning (for debugging).
+    instead of warning (for debugging); ``artifact_store`` (the study's) receives the tree and
+    the analysis log as study artifacts for optuna-dashboard, None for none.
 
     Use: ``study.optimize(objective, callbacks=[logbook])`` after ``logbook.sync(study)``.
     """
@@ -925,10 +966,12 @@ class Logbook:
     def __init__(self, directory: str | os.PathLike[str], study_name: str, *,
                  config: Config | None = None, lock_timeout: float = 120.0,
                  ucb_scores: Callable[[Any], Sequence[Mapping[str, Any]]] | None = None,
+                 next_parent: Callable[[Any], int | None] | None = None,
                  draw_tree: bool = True, dashboard_note: bool = True,
                  catch_up_after: float | None = 60.0,
                  max_memory_lines: int = MEMORY_MAX_LINES,
-                 raise_errors: bool = False) -> None:
+                 raise_errors: bool = False,
+                 artifact_store: ArtifactStore | None = None) -> None:
         if not study_name or "/" in study_name or study_name.startswith("."):
             raise ValueError(f"study_name: expected a plain file-name stem, got {study_name!r}")
         if lock_timeout < 0:
@@ -943,6 +986,7 @@ class Logbook:
         self.max_memory_lines = max_memory_lines
         self.raise_errors = raise_errors
         self._ucb_scores = ucb_scores
+        self._next_parent_func = next_parent
         self._warned: set[str] = set()
         self._warn_guard = threading.Lock()
         self.analysis_path = self.directory / f"{study_name}_analysis.md"
@@ -951,6 +995,8 @@ class Logbook:
         self.tree_path = self.directory / "exploration_tree.png"
         self.index_path = self.directory / f".{study_name}_logbook_index.json"
         self.lock_path = self.directory / ".logbook.lock"
+        self._dashboard = DashboardViews(artifact_store, tree_path=self.tree_path,
+                                         analysis_path=self.analysis_path, warn=self._warn)
 
     # -- Optuna's hook ------------------------------------------------------------------------
 
@@ -1000,7 +1046,7 @@ class Logbook:
         rows = self._ucb_rows(study)
         finished = [t for t in trials if t.state in FINISHED_STATES]
         memory = self.render_memory(trials, importances=param_importances(study),
-                                    next_parent=_top_node(rows))
+                                    next_parent=self._predict_parent(study))
         # No block number in the header: the sampler's table may already be the next block's.
         last = max((t.number for t in finished), default=None)
         ucb_text = (format_ucb_scores(rows, after=last) if rows is not None
@@ -1010,11 +1056,12 @@ class Logbook:
             self.directory.mkdir(parents=True, exist_ok=True)
             with filelock.FileLock(str(self.lock_path), timeout=self.lock_timeout):
                 try:
-                    self._write_entries(study, trials, current, rows)
+                    self._write_entries(study, trials, current)
                     atomic_write(self.memory_path, memory.encode())
                     atomic_write(self.ucb_path, ucb_text.encode())
                     if self.draw_tree:
                         self._draw_tree(trials)
+                    self._dashboard.publish(study, tree=self.draw_tree)  # before the note
                 finally:
                     # Under the lock, so workers on one machine do not interleave its chunks.
                     noted = True
@@ -1112,8 +1159,7 @@ class Logbook:
         return index
 
     def _write_entries(self, study: Study, trials: Sequence[FrozenTrial],
-                       current: FrozenTrial | None,
-                       rows: Sequence[Mapping[str, Any]] | None) -> None:
+                       current: FrozenTrial | None) -> None:
         index = self._reconcile(trials)
         finished = [t for t in trials if t.state in FINISHED_STATES]
         missing = sorted((t for t in finished if t.number not in index.written),
@@ -1127,18 +1173,17 @@ class Logbook:
         by_number = _by_number(finished)
         chunks = []
         for t in missing:
-            if current is not None and t.number == current.number:
-                next_parent = _top_node(rows)
-            else:
-                next_parent = _top_node(self._ucb_rows(_StudyAsOf(study,
-                                                                  _finished_by(trials, t))))
-            chunks.append("\n" + self._entry(t, finished, by_number, next_parent))
+            live = current is not None and t.number == current.number
+            chunks.append("\n" + self._entry(t, finished, by_number,
+                                              self._next_parent(study, trials, t, live=live)))
         # One append, then the index: a crash in between leaves the file longer than the index
         # says, and the next writer cuts it back, so every entry ends up in the file once.
         size = _append(self.analysis_path, "".join(chunks).encode())
         index.size = size
         index.written.update(t.number for t in missing)
         atomic_write(self.index_path, index.to_json().encode())
+        if self.dashboard_note:  # each entry, once in the log, is also its trial's note
+            self._dashboard.save_trial_notes(study, zip(missing, chunks))
 
     def _orphan(self, trial: FrozenTrial) -> bool:
         """Whether a trial finished so long ago that its own worker will not write its entry."""
@@ -1158,6 +1203,32 @@ class Logbook:
         return format_entry(trial, parent=parent, best_before=best_before,
                             next_parent=next_parent, base_params=self._base_params,
                             config=self.config)
+
+    def _next_parent(self, study: Study, trials: Sequence[FrozenTrial], trial: FrozenTrial, *,
+                     live: bool) -> int | str | None:
+        """The parent the sampler gives the trial after ``trial`` (:func:`metab_opt.sampler
+        .next_parent`: its decision computed, not the UCB table's top row), on the study as it
+        is (``live``) or as it stood when ``trial`` finished (a log rebuilt by :meth:`sync`)."""
+        return self._predict_parent(study if live else _StudyAsOf(
+            study, _finished_by(trials, trial)))
+
+    def _predict_parent(self, study: Any) -> int | str | None:
+        func = self._next_parent_func
+        if func is None:
+            try:
+                from metab_opt.sampler import UCBMutationSampler, next_parent
+            except ImportError as exc:
+                self._warn("next-import", f"logbook: no next parent ({exc}); Next is {_NA}")
+                return None
+            if not isinstance(getattr(study, "sampler", None), UCBMutationSampler):
+                return None  # another sampler: no tree, no parent
+            func = next_parent
+        try:
+            return _parent_text(func(study))
+        except Exception as exc:  # a prediction failure must not cost the entry
+            self._warn(f"next:{type(exc).__name__}",
+                       f"logbook: next parent not computed ({type(exc).__name__}: {exc})")
+            return None
 
     # -- optional outputs ---------------------------------------------------------------------
 
@@ -1205,7 +1276,7 @@ class Logbook:
             self._warn("note-import", f"logbook: no dashboard note ({exc})")
             return
         try:
-            save_note(study, memory)
+            save_note(study, self._dashboard.study_note(study, memory))
         except Exception as exc:  # the note is a convenience
             logger.warning("logbook: dashboard note not saved (%s: %s)", type(exc).__name__, exc)
 

@@ -1,7 +1,8 @@
 """One training run end to end, and the Optuna objective built on it.
 
 :func:`run_training` is what ``metab-opt train`` and every study trial run: dataset (cached) ->
-train -> evaluate -> plots, ``analysis.log`` and ``metrics.json`` in the output folder.
+``config.yaml`` (the complete config) -> train -> evaluate -> plots, ``analysis.log`` and
+``metrics.json`` in the output folder.
 :class:`Objective` wraps it for Optuna: trial params -> config -> run -> user attrs (DESIGN.md's
 trial record) -> plots uploaded as trial artifacts -> ``rate_constants_R2``.
 """
@@ -21,10 +22,12 @@ from typing import Any
 import numpy as np
 
 from metab_opt import plots
-from metab_opt.config import Config, apply_params
+from metab_opt._io import atomic_write
+from metab_opt.config import Config, apply_params, dump_config
 from metab_opt.simulation import Dataset, load_or_build
 
-__all__ = ["HEADLINE", "Objective", "RunResult", "run_training", "write_analysis_log"]
+__all__ = ["HEADLINE", "Objective", "RunResult", "run_training", "write_analysis_log",
+           "write_run_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,14 @@ def write_analysis_log(path: Path, metrics: dict[str, Any]) -> None:
         v = metrics[k]
         lines.append(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_run_config(path: Path, cfg: Config, *, max_steps: int | None = None) -> None:
+    """The run's complete config, which ``metab-opt train --config`` reads back."""
+    cap = f" --max-steps {max_steps}" if max_steps is not None else ""
+    header = (f"The complete config of one run ({cfg.name}); to train it again:\n"
+              f"  metab-opt train --config {path}{cap}")
+    atomic_write(path, dump_config(cfg, header=header).encode())
 
 
 def _write_plots(out: Path, step: int, metrics: dict[str, Any], arrays: dict[str, np.ndarray],
@@ -111,6 +122,7 @@ def run_training(cfg: Config, *, out_dir: str | Path, data_root: str | Path | No
     paths: list[Path] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
+        write_run_config(out / "config.yaml", cfg, max_steps=max_steps)
         paths = [] if not plots else _write_plots(out, result.steps, metrics, arrays, ds,
                                                   result.history_steps, result.history)
         write_analysis_log(out / "analysis.log", metrics)

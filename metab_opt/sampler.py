@@ -88,7 +88,7 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import BaseTrial
 
-__all__ = ["UCBMutationSampler", "suggest_params", "ucb_scores"]
+__all__ = ["UCBMutationSampler", "next_parent", "suggest_params", "ucb_scores"]
 
 _logger = get_logger(__name__)
 
@@ -800,6 +800,28 @@ def ucb_scores(study: Study, *, block: int | None = None) -> list[dict[str, Any]
         }
         for s in planner.scores
     ]
+
+
+def next_parent(study: Study) -> int:
+    """The parent the sampler will give the next trial (``-1``: the config's base values).
+
+    The sampler's decision is a pure function of its settings, its seed, the trial number and
+    the trials in the storage, so it is computed here exactly as ``before_trial`` will compute
+    it (nothing is written): for the first waiting (enqueued) trial if there is one, else for
+    the trial to be created next. Another worker that starts a trial first changes it, as it
+    changes the tree. The study's sampler must be a :class:`UCBMutationSampler`.
+    """
+    sampler = study.sampler
+    if not isinstance(sampler, UCBMutationSampler):
+        raise ValueError(f"next_parent: the study's sampler must be a UCBMutationSampler, got "
+                         f"{type(sampler).__name__}")
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    first = min(waiting, key=lambda t: t.number) if waiting else None
+    number = first.number if first is not None else len(trials)
+    fixed = first.system_attrs.get("fixed_params") if first is not None else None
+    planner = _Planner(sampler, trials, number, cache=sampler._node_cache(study))
+    return planner.decide(fixed).parent
 
 
 def _write_attrs(storage: BaseStorage, trial_id: int, system: Mapping[str, Any],

@@ -143,6 +143,32 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         raise StorageError(f"--storage {_redact(url)}: cannot connect ({reason})") from None
 
 
+def open_existing(name: str, *, root: str | Path = "studies",
+                  storage_url: str | None = None) -> tuple[Any, str]:
+    """The storage of an existing study and its URL (redacted), for commands that read one
+    (``dashboard``, ``best``): ConfigError, one line, when the database file is missing, the
+    storage cannot be read or does not hold the study. Creates nothing."""
+    import optuna
+
+    url = storage_url or default_storage_url(root, name)
+    if url.startswith("sqlite:///") and not Path(url.split(":///", 1)[1]).exists():
+        raise ConfigError(f"no study database at {url.split(':///', 1)[1]} "
+                          f"(run `metab-opt study` first, or pass --storage)")
+    if _is_journal(url) and not Path(_journal_path(url)).exists():
+        raise ConfigError(f"no study journal at {_journal_path(url)} "
+                          f"(run `metab-opt study` first, or pass --storage)")
+    storage = open_storage(url)
+    try:
+        names = sorted(s.study_name for s in optuna.study.get_all_study_summaries(storage))
+    except Exception as exc:  # a file that is not a database, a broken journal
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StorageError(f"--storage {_redact(url)}: cannot read it ({reason})") from None
+    if name not in names:
+        raise ConfigError(f"no study '{name}' in {_redact(url)} (it holds: "
+                          f"{', '.join(names) or 'no study'})")
+    return storage, _redact(url)
+
+
 def _record_stale_reason(storage: Any, grace_period: int) -> Any:
     """Make the storage write a stale trial's ``fail_reason`` when it reports the trial stale.
 
@@ -434,6 +460,10 @@ def _no_ucb_table(study: Any) -> list[dict[str, Any]]:
     return []
 
 
+def _no_next_parent(study: Any) -> None:
+    return None  # a baseline sampler has no tree
+
+
 def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studies",
               storage_url: str | None = None, n_trials: int | None = None,
               timeout: float | None = None, sampler_kind: str = "ucb", pruner: str = "none",
@@ -470,7 +500,9 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
     paths.artifacts.mkdir(parents=True, exist_ok=True)
     # Only the UCB sampler has a tree and a UCB table; the baselines' logs say so.
     logbook = Logbook(paths.folder, name, config=cfg, draw_tree=plots and sampler_kind == "ucb",
-                      ucb_scores=None if sampler_kind == "ucb" else _no_ucb_table)
+                      ucb_scores=None if sampler_kind == "ucb" else _no_ucb_table,
+                      next_parent=None if sampler_kind == "ucb" else _no_next_parent,
+                      artifact_store=FileSystemArtifactStore(str(paths.artifacts)))
     # A worker killed outright left its trial RUNNING: fail it (and queue its retry) before the
     # views are synced, so that its entry comes in trial order.
     _fail_stale_trials(study)
@@ -697,7 +729,7 @@ def run_command(args: argparse.Namespace) -> int:
             print("metab-opt study: interrupted; the running trial is marked failed and the "
                   "logs are flushed. Run the same command to resume.", file=sys.stderr)
             return 130
-        _print_summary(study, args.root, time.perf_counter() - t0)
+        _print_summary(study, cfg, args.root, time.perf_counter() - t0)
         return 0
     if args.command == "compare":
         from metab_opt.compare import run_compare_command
@@ -708,15 +740,20 @@ def run_command(args: argparse.Namespace) -> int:
     raise ConfigError(f"unknown command {args.command!r}")
 
 
-def _print_summary(study: Any, root: str, seconds: float) -> None:
+def _print_summary(study: Any, cfg: Config, root: str, seconds: float) -> None:
     import optuna
+
+    from metab_opt.best import study_incumbent
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     print(f"study '{study.study_name}': {len(study.trials)} trials ({len(done)} complete) "
           f"in storage; this run {seconds / 60:.1f} min")
-    if done:
-        best = study.best_trial
-        print(f"best: trial {best.number}, rate_constants_R2 {best.value:.4f}")
+    # The incumbent the sampler and the memory file name (a replicate group), not Optuna's
+    # single best trial, which a lucky training seed can put on top.
+    inc = study_incumbent(study._storage, study.study_name, cfg)
+    if inc is not None:
+        print(f"incumbent: {inc.describe()}; export it with `metab-opt best "
+              f"{study.study_name} --root {root}`")
     folder = Path(root) / study.study_name
     print(f"logs: {folder / (study.study_name + '_analysis.md')}, "
           f"{folder / (study.study_name + '_memory.md')}")

@@ -10,6 +10,10 @@ import pytest
 
 from metab_opt.config import Config, load_config
 
+# The dashboard tests' study and server (test_dashboard.py, test_browser.py), as a plugin so
+# that test modules take them as fixtures without importing them.
+pytest_plugins = ["_dashboard_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
 

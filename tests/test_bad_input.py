@@ -368,7 +368,7 @@ def test_fuzz_mutations_through_the_cli(tmp_path: Path,
         assert str(path) in captured.err
     not_frozen = [p for kind, paths in failing.items() if kind != "frozen" for p in paths]
     for path in not_frozen[:3]:
-        rc = main(["simulate", "--config", str(path), "--out", str(data)])
+        rc = main(["simulate", "--config", str(path), "--data-root", str(data)])
         captured = capsys.readouterr()
         assert rc == 2 and captured.err.count("\n") == 1, (path.name, captured)
     for path in picked[:2]:

@@ -88,7 +88,7 @@ def test_simulate_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                              value: Any, needles: list[str]) -> None:
     path = _bad_config(tmp_path, dotted, value)
     out_dir = tmp_path / "out"
-    rc, out, err = _run(capsys, "simulate", "--config", str(path), "--out", str(out_dir))
+    rc, out, err = _run(capsys, "simulate", "--config", str(path), "--data-root", str(out_dir))
     _assert_usage_error(rc, out, err, str(path), *needles)
     assert not out_dir.exists()
 
@@ -106,7 +106,7 @@ def test_simulate_unreadable_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     out_dir = tmp_path / "out"
-    rc, out, err = _run(capsys, "simulate", "--config", str(path), "--out", str(out_dir))
+    rc, out, err = _run(capsys, "simulate", "--config", str(path), "--data-root", str(out_dir))
     _assert_usage_error(rc, out, err, str(path), needle)
     assert not out_dir.exists()
 
@@ -114,7 +114,7 @@ def test_simulate_unreadable_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_simulate_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "nope.yaml"
     out_dir = tmp_path / "out"
-    rc, out, err = _run(capsys, "simulate", "--config", str(path), "--out", str(out_dir))
+    rc, out, err = _run(capsys, "simulate", "--config", str(path), "--data-root", str(out_dir))
     _assert_usage_error(rc, out, err, f"{path}: no such config file")
     assert not out_dir.exists()
 
@@ -136,7 +136,7 @@ def test_simulate_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_simulate_bad_set(tmp_path: Path, capsys: pytest.CaptureFixture[str], item: str,
                           needles: list[str]) -> None:
     out_dir = tmp_path / "out"
-    rc, out, err = _run(capsys, "simulate", "--config", str(TINY), "--out", str(out_dir),
+    rc, out, err = _run(capsys, "simulate", "--config", str(TINY), "--data-root", str(out_dir),
                         "--set", item)
     _assert_usage_error(rc, out, err, *needles)
     assert not out_dir.exists()
@@ -170,9 +170,32 @@ def test_misspelled_option_suggests(capsys: pytest.CaptureFixture[str]) -> None:
     _assert_usage_error(rc, out, err, "did you mean --config")
 
 
+@pytest.mark.parametrize(("argv", "needle", "absent"), [
+    # A suggestion comes from the subcommand's own options: train has no --storage (study has).
+    (["train", "--storgae", "x"], "unrecognized arguments: --storgae x", "did you mean"),
+    (["train", "--no-progres-bar"], "did you mean --no-progress?", None),
+    (["replicate", "--sedes", "1"], "did you mean --seeds?", None),
+    (["simulate", "--out", "x"], "unrecognized arguments: --out x", None),
+])
+def test_suggestions_come_from_the_subcommand(capsys: pytest.CaptureFixture[str],
+                                              argv: list[str], needle: str,
+                                              absent: str | None) -> None:
+    rc, out, err = _run(capsys, *argv)
+    _assert_usage_error(rc, out, err, needle, f"metab-opt {argv[0]}")
+    assert absent is None or absent not in err
+
+
+@pytest.mark.parametrize("command", ["train", "replicate", "study"])
+def test_every_long_command_takes_no_progress(command: str) -> None:
+    from metab_opt.cli import _build_parser
+
+    args = _build_parser().parse_args([command, "--no-progress"])
+    assert args.no_progress is True
+
+
 def test_simulate_diverging_regime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "out"
-    rc, out, err = _run(capsys, "simulate", "--config", str(TINY), "--out", str(out_dir),
+    rc, out, err = _run(capsys, "simulate", "--config", str(TINY), "--data-root", str(out_dir),
                         "--set", "simulation.delta_t=2")
     _assert_usage_error(rc, out, err, "diverged", "delta_t")
     assert not out_dir.exists()
@@ -229,7 +252,7 @@ def test_train_refuses_frozen_key(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_simulate_accepts_frozen_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      key: str, value: str) -> None:
     out_dir = tmp_path / "out"
-    rc, out, err = _run(capsys, "simulate", "--config", str(TINY), "--out", str(out_dir),
+    rc, out, err = _run(capsys, "simulate", "--config", str(TINY), "--data-root", str(out_dir),
                         "--set", f"training.{key}={value}")
     assert rc == 0, err
     assert err == ""
@@ -241,7 +264,7 @@ def test_simulate_accepts_frozen_key(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_simulate_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "out"
-    rc, out, err = _run(capsys, "simulate", "--config", str(TINY), "--out", str(out_dir))
+    rc, out, err = _run(capsys, "simulate", "--config", str(TINY), "--data-root", str(out_dir))
     assert rc == 0, err
     assert err == ""
     lines = out.splitlines()
@@ -258,9 +281,9 @@ def test_simulate_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert manifest["oracle_R2"] >= 0.99
     assert f"activity rank {manifest['activity_rank']}," in lines[2]
     # A second call reuses the cache; --rebuild builds again.
-    rc, out, _ = _run(capsys, "simulate", "--config", str(TINY), "--out", str(out_dir))
+    rc, out, _ = _run(capsys, "simulate", "--config", str(TINY), "--data-root", str(out_dir))
     assert rc == 0 and "(cached in " in out.splitlines()[0]
-    rc, out, _ = _run(capsys, "simulate", "--config", str(TINY), "--out", str(out_dir),
+    rc, out, _ = _run(capsys, "simulate", "--config", str(TINY), "--data-root", str(out_dir),
                       "--rebuild")
     assert rc == 0 and "(built in " in out.splitlines()[0]
     assert json.loads((folder / "manifest.json").read_text())["checksum"] == manifest["checksum"]
@@ -278,7 +301,7 @@ def test_simulate_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_simulate_with_set(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                            items: list[str], figure: str) -> None:
     out_dir = tmp_path / "out"
-    argv = ["simulate", "--config", str(TINY), "--out", str(out_dir)]
+    argv = ["simulate", "--config", str(TINY), "--data-root", str(out_dir)]
     for item in items:
         argv += ["--set", item]
     rc, out, err = _run(capsys, *argv)
@@ -297,7 +320,7 @@ def _process(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 def test_process_bad_config(tmp_path: Path) -> None:
     path = _bad_config(tmp_path, "simulation.n_metabolite", 20)
     out_dir = tmp_path / "out"
-    res = _process(tmp_path, "simulate", "--config", str(path), "--out", str(out_dir))
+    res = _process(tmp_path, "simulate", "--config", str(path), "--data-root", str(out_dir))
     assert res.returncode == 2
     assert res.stdout == ""
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
@@ -307,7 +330,7 @@ def test_process_bad_config(tmp_path: Path) -> None:
 
 def test_process_simulate(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
-    res = _process(tmp_path, "simulate", "--config", str(TINY), "--out", str(out_dir))
+    res = _process(tmp_path, "simulate", "--config", str(TINY), "--data-root", str(out_dir))
     assert res.returncode == 0, res.stderr
     assert "oracle_R2" in res.stdout
     assert len(list(out_dir.glob("pde_m1_*/manifest.json"))) == 1

@@ -1,145 +1,42 @@
 """``metab-opt dashboard``: optuna-dashboard serves a finished study, its trials' user attrs,
-their artifacts and the study note (the logbook's memory), on a loopback port only.
+their artifacts and notes (each trial's logbook entry), the study note (the logbook's memory,
+then links to the study artifacts) and the study artifacts (the exploration tree and the
+analysis log), on a loopback port only.
 
-The study is made in-process with a synthetic objective (no training: seconds), one real
-artifact upload per trial and the real :class:`metab_opt.logbook.Logbook` callback, which
-writes the memory into the dashboard note.
+The study and the server are tests/_dashboard_fixtures.py's (shared with test_browser.py).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import re
 import socket
-import struct
 import subprocess
-import sys
-import time
 import urllib.error
-import urllib.request
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-
-ROOT = Path(__file__).resolve().parents[1]
-NAME = "demo"
-HOST = "127.0.0.1"  # loopback only
-START_TIMEOUT = 60.0
-
-
-def _png(width: int = 2, height: int = 2) -> bytes:
-    """A small valid PNG (grey pixels), without matplotlib."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
-                                                             0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
-
-
-@pytest.fixture(scope="module")
-def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A finished 2-trial study under ``<root>/demo/``, laid out as ``metab-opt study`` does."""
-    from metab_opt.logbook import Logbook
-
-    root = tmp_path_factory.mktemp("dash")
-    folder = root / NAME
-    (folder / "artifacts").mkdir(parents=True)
-    store = FileSystemArtifactStore(str(folder / "artifacts"))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=NAME, storage=f"sqlite:///{folder / 'study.db'}",
-                                direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    images: dict[int, bytes] = {}
-
-    def objective(trial: optuna.Trial) -> float:
-        lr_k = trial.suggest_float("lr_k", 1e-4, 1e-2, log=True)
-        r2 = 0.5 + 0.1 * trial.number
-        for key, value in {"rate_constants_R2": r2, "status": "partial",
-                           "diagnosis": "poor dynamics", "steps": 100,
-                           "visual": f"synthetic, lr_k {lr_k:.2g}"}.items():
-            trial.set_user_attr(key, value)
-        image = _png(2 + trial.number, 2)
-        path = tmp_path_factory.mktemp("plots") / f"rate_constants_{trial.number:04d}.png"
-        path.write_bytes(image)
-        upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-        images[trial.number] = image
-        return r2
-
-    logbook = Logbook(folder, NAME, draw_tree=False, ucb_scores=lambda study: [])
-    study.optimize(objective, n_trials=2, callbacks=[logbook])
-    memory = (folder / f"{NAME}_memory.md").read_text()
-    return {"root": root, "images": images, "memory": memory}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _dashboard_cmd(name: str, root: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "metab_opt", "dashboard", name, "--root", str(root),
-            "--host", HOST, "--port", str(port)]
-
-
-def _get(url: str, timeout: float = 10.0) -> tuple[int, str, bytes]:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.status, resp.headers.get("Content-Type", ""), resp.read()
-
-
-def _get_json(url: str) -> Any:
-    status, _, body = _get(url)
-    assert status == 200, url
-    return json.loads(body)
-
-
-@pytest.fixture
-def server(finished_study: dict[str, Any]) -> Iterator[str]:
-    """``metab-opt dashboard demo --root ROOT --port P`` running; its base URL. Stopped after."""
-    port = _free_port()
-    proc = subprocess.Popen(_dashboard_cmd(NAME, finished_study["root"], port), cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://{HOST}:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                pytest.fail(f"the dashboard exited ({proc.returncode})\n{out}\n{err}")
-            try:
-                if _get(f"{base}/api/meta", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the dashboard did not answer on {base} in {START_TIMEOUT} s")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+from _dashboard_fixtures import (  # the fixtures finished_study and server: via conftest.py
+    HOST,
+    NAME,
+    PARENT_RULE,
+    ROOT,
+    dashboard_cmd,
+    free_port,
+    get,
+    get_json,
+)
 
 
 def test_dashboard_serves_the_study_trials_artifacts_and_note(
         server: str, finished_study: dict[str, Any]) -> None:
-    summaries = _get_json(f"{server}/api/studies")["study_summaries"]
+    summaries = get_json(f"{server}/api/studies")["study_summaries"]
     assert [s["study_name"] for s in summaries] == [NAME]
     study_id = summaries[0]["study_id"]
 
-    detail = _get_json(f"{server}/api/studies/{study_id}")
+    detail = get_json(f"{server}/api/studies/{study_id}")
     assert detail["name"] == NAME
     trials = detail["trials"]
     assert [t["number"] for t in trials] == [0, 1]
@@ -152,20 +49,87 @@ def test_dashboard_serves_the_study_trials_artifacts_and_note(
         assert len(t["artifacts"]) == 1
         meta = t["artifacts"][0]
         assert meta["filename"] == f"rate_constants_{t['number']:04d}.png"
-        status, ctype, body = _get(
+        status, ctype, body = get(
             f"{server}/artifacts/{study_id}/{t['trial_id']}/{meta['artifact_id']}")
         assert status == 200 and ctype == "image/png"
         assert body == finished_study["images"][t["number"]]
-    # The study note is the logbook's memory.
+    # The study note is the logbook's memory, then (after a rule) the footer that shows the
+    # study artifacts: the memory is still the note's body, unchanged and first; the footer is
+    # what makes the note page show the tree (test_the_tree_and_the_log_are_study_artifacts).
     note = detail["note"]["body"]
-    assert note.strip() == finished_study["memory"].strip()
+    memory = finished_study["memory"].strip()
+    assert note.startswith(memory)
+    assert note[len(memory):].lstrip("\n").startswith("---\n")
     assert note.startswith("#") and NAME in note.splitlines()[0]
 
 
+def _study(server: str) -> tuple[int, dict[str, Any]]:
+    study_id = get_json(f"{server}/api/studies")["study_summaries"][0]["study_id"]
+    return study_id, get_json(f"{server}/api/studies/{study_id}")
+
+
+def test_the_tree_and_the_log_are_study_artifacts(server: str,
+                                                  finished_study: dict[str, Any]) -> None:
+    study_id, detail = _study(server)
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for meta in detail["artifacts"]:
+        by_name.setdefault(meta["filename"], []).append(meta)
+    assert sorted(by_name) == [f"{NAME}_analysis.md", "exploration_tree.png"]
+    # Each logbook update (one per trial) changed both files: only the latest version is kept.
+    assert [len(v) for v in by_name.values()] == [1, 1]
+    (tree,), (log,) = by_name["exploration_tree.png"], by_name[f"{NAME}_analysis.md"]
+
+    status, ctype, body = get(f"{server}/artifacts/{study_id}/{tree['artifact_id']}")
+    assert status == 200 and ctype == "image/png" and body == finished_study["tree"]
+    status, ctype, body = get(f"{server}/artifacts/{study_id}/{log['artifact_id']}")
+    assert status == 200 and ctype.startswith("text/markdown") and "charset=utf-8" in ctype
+    assert body == finished_study["analysis"]  # both entries: the last version
+    assert body.decode().count("\n## Iter ") == 2
+    # The older versions are gone from the store too: the two trial plots and these two.
+    assert len(list((finished_study["folder"] / "artifacts").iterdir())) == 4
+
+    # The study note shows the current tree inline and links the current log.
+    note = detail["note"]["body"]
+    assert f"![exploration_tree.png](/artifacts/{study_id}/{tree['artifact_id']})" in note
+    assert f"[{NAME}_analysis.md](/artifacts/{study_id}/{log['artifact_id']})" in note
+
+
+def _entries(log: str) -> dict[int, dict[str, str]]:
+    """The analysis log's entries: trial number -> {"Observation": ..., ...}."""
+    entries: dict[int, dict[str, str]] = {}
+    for chunk in log.split("\n## Iter ")[1:]:
+        head, *lines = chunk.strip().splitlines()
+        fields = dict(line.split(": ", 1) for line in lines if ": " in line)
+        entries[int(head.split(":", 1)[0])] = fields
+    return entries
+
+
+def test_each_trial_note_is_its_logbook_entry(server: str,
+                                              finished_study: dict[str, Any]) -> None:
+    entries = _entries(finished_study["analysis"].decode())
+    assert sorted(entries) == [0, 1]
+    # The fixture's trial 1 is trial 0's child: its entry is not a copy of trial 0's.
+    assert entries[1]["Parent rule"] == PARENT_RULE
+    assert entries[1]["Observation"].startswith("ΔR² +0.100 vs parent 0 (0.500 -> 0.600)")
+    assert entries[0]["Observation"].startswith("block root")
+
+    _, detail = _study(server)
+    for t in detail["trials"]:
+        note = t["note"]["body"]
+        assert note.startswith(f"## Iter {t['number']}: partial\n"), note
+        # One markdown list item per line of the entry: "- **Observation:** ..."
+        shown = {re.sub(r"^- \*\*([^*]+):\*\* ", r"\1: ", line) for line in note.splitlines()}
+        entry = entries[t["number"]]
+        for key in ("Parent rule", "Observation", "Node", "Metrics"):
+            assert f"{key}: {entry[key]}" in shown, (key, note)
+        other = entries[1 - t["number"]]
+        assert f"Observation: {other['Observation']}" not in shown
+
+
 def test_unknown_artifact_is_404(server: str) -> None:
-    study_id = _get_json(f"{server}/api/studies")["study_summaries"][0]["study_id"]
+    study_id = get_json(f"{server}/api/studies")["study_summaries"][0]["study_id"]
     with pytest.raises(urllib.error.HTTPError) as info:
-        _get(f"{server}/artifacts/{study_id}/1/00000000-0000-0000-0000-000000000000")
+        get(f"{server}/artifacts/{study_id}/1/00000000-0000-0000-0000-000000000000")
     assert info.value.code == 404
 
 
@@ -182,7 +146,7 @@ def _one_line_error(res: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_dashboard_without_a_study_database_is_one_line(tmp_path: Path) -> None:
-    line = _one_line_error(_run_cli(_dashboard_cmd("nothing", tmp_path, _free_port())))
+    line = _one_line_error(_run_cli(dashboard_cmd("nothing", tmp_path, free_port())))
     assert "no study database" in line and str(tmp_path / "nothing" / "study.db") in line
     assert not any(tmp_path.iterdir())  # nothing created
 
@@ -191,7 +155,7 @@ def test_dashboard_with_an_unknown_study_name_is_one_line(finished_study: dict[s
                                                           ) -> None:
     root = finished_study["root"]
     storage = f"sqlite:///{root / NAME / 'study.db'}"
-    line = _one_line_error(_run_cli([*_dashboard_cmd("other", root, _free_port()),
+    line = _one_line_error(_run_cli([*dashboard_cmd("other", root, free_port()),
                                      "--storage", storage]))
     assert "no study 'other'" in line and NAME in line
 
@@ -201,5 +165,48 @@ def test_dashboard_on_a_taken_port_is_one_line(finished_study: dict[str, Any]) -
         taken.bind((HOST, 0))
         taken.listen(1)
         port = int(taken.getsockname()[1])
-        line = _one_line_error(_run_cli(_dashboard_cmd(NAME, finished_study["root"], port)))
+        line = _one_line_error(_run_cli(dashboard_cmd(NAME, finished_study["root"], port)))
     assert f"{HOST}:{port}" in line
+
+
+class _BrokenStore:
+    """An artifact store that refuses everything (a full or unmounted disk)."""
+
+    def open_reader(self, artifact_id: str) -> Any:
+        raise OSError(28, "No space left on device")
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    def remove(self, artifact_id: str) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_dashboard_views_failing_warn_once_and_never_stop_the_study(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import optuna
+    import optuna_dashboard
+
+    from metab_opt.dashboard_views import study_artifacts
+    from metab_opt.logbook import Logbook
+
+    def refuse(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("storage refused")
+
+    monkeypatch.setattr(optuna_dashboard, "get_note", refuse)  # the trial notes' first call
+    book = Logbook(tmp_path, NAME, ucb_scores=lambda study: [], draw_tree=False,
+                   artifact_store=_BrokenStore())
+    study = optuna.create_study(study_name=NAME, direction="maximize")
+    with caplog.at_level(logging.WARNING, logger="metab_opt.logbook"):
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3, callbacks=[book])
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert book.analysis_path.read_text(encoding="utf-8").count("\n## Iter ") == 3
+    messages = [r.getMessage() for r in caplog.records
+                if r.name == "metab_opt.logbook" and "dashboard" in r.getMessage()]
+    assert len(messages) == 2, messages  # one per kind, not one per trial
+    assert sum(f"{NAME}_analysis.md not published" in m for m in messages) == 1, messages
+    assert sum("trial 0's dashboard note not saved (RuntimeError" in m for m in messages) == 1
+    # The failed uploads listed nothing, and the study note is still the memory alone.
+    assert study_artifacts(study) == []
+    assert optuna_dashboard._note.get_note(study) == book.memory_path.read_text(encoding="utf-8")

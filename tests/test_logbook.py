@@ -211,8 +211,16 @@ def fake_ucb(study: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (-r["ucb"], r["node"]))
 
 
+def fake_next_parent(study: Any) -> int:
+    """The Explorer's next parent, as far as the logbook needs one: the fake table's top node
+    (-1, the root, at a block boundary)."""
+    rows = fake_ucb(study)
+    return int(rows[0]["node"]) if rows else -1
+
+
 def make_logbook(tmp_path: Path, config: Config | None, **kwargs: Any) -> Logbook:
     kwargs.setdefault("ucb_scores", fake_ucb)
+    kwargs.setdefault("next_parent", fake_next_parent)
     kwargs.setdefault("draw_tree", False)
     kwargs.setdefault("raise_errors", True)
     return Logbook(tmp_path / "views", "demo", config=config, **kwargs)
@@ -551,7 +559,8 @@ def test_ucb_scores_form() -> None:
     ]
     text = format_ucb_scores(rows, block=3, after=41)
     lines = text.splitlines()
-    assert lines[0] == "# UCB scores (block 3, after iter 41): 2 nodes, next parent=37"
+    assert lines[0] == ("# UCB scores (block 3, after iter 41): 2 nodes, highest UCB=37 (the "
+                        "sampler's rule picks the next parent: see the log's Next line)")
     assert lines[1].split() == ["node", "UCB", "parent", "visits", "R2", "test_pearson",
                                 "mutation"]
     assert lines[2].split() == ["37", "2.1340", "35", "2", "0.8123", "0.9812", "lr_k:", "0.005",
@@ -561,7 +570,8 @@ def test_ucb_scores_form() -> None:
     assert lines[2].index("lr_k") == lines[1].index("mutation")
     assert lines[2].index("0.8123") + 6 == lines[1].index("R2") + 2
     assert format_ucb_scores([], block=4) == (
-        "# UCB scores (block 4): block boundary, no nodes yet -> next parent=root\n")
+        "# UCB scores (block 4): block boundary, no nodes yet -> the next block starts at its "
+        "root\n")
 
 
 def test_ucb_file_is_rewritten(tmp_path: Path, config: Config) -> None:
@@ -569,7 +579,7 @@ def test_ucb_file_is_rewritten(tmp_path: Path, config: Config) -> None:
     study = optuna.create_study(direction="maximize", study_name="demo")
     run_trials(study, Explorer(config), 13, [book])
     text = book.ucb_path.read_text(encoding="utf-8")
-    assert text.startswith("# UCB scores (current block, after iter 12): 1 nodes, next parent=12")
+    assert text.startswith("# UCB scores (current block, after iter 12): 1 nodes, highest UCB=12")
     assert entries(book.analysis_path)[-1][9] == "Next: parent=12"
 
 
@@ -615,7 +625,7 @@ def test_tree_nodes_of_unfinished_and_failed_trials() -> None:
 def test_missing_sampler_gives_na_next(tmp_path: Path, config: Config,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "metab_opt.sampler", None)  # import fails
-    book = make_logbook(tmp_path, config, ucb_scores=None)
+    book = make_logbook(tmp_path, config, ucb_scores=None, next_parent=None)
     study = optuna.create_study(direction="maximize", study_name="demo")
     run_trials(study, Explorer(config), 2, [book])
     assert entries(book.analysis_path)[-1][9] == "Next: parent=n/a"
@@ -624,16 +634,17 @@ def test_missing_sampler_gives_na_next(tmp_path: Path, config: Config,
 
 def test_with_the_real_sampler(tmp_path: Path, config: Config,
                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """With UCBMutationSampler: Next is the table's top node, and a log rebuilt from the
-    storage (the study as it stood after each trial) repeats the live entries exactly."""
+    """With UCBMutationSampler: Next is the parent the sampler then gave the next trial (not
+    the UCB table's top row: a rule such as the initial spread or a replicate picks another),
+    and a log rebuilt from the storage, which reads the recorded parents, repeats the live
+    entries, which predicted them, exactly."""
     sampler_module = pytest.importorskip("metab_opt.sampler")
     if not hasattr(sampler_module, "UCBMutationSampler"):
         pytest.skip("metab_opt.sampler is not complete yet")
     monkeypatch.setitem(sys.modules, "metab_opt.plots", None)  # the tree is tested above
     sampler = sampler_module.UCBMutationSampler.from_config(config, seed=0)
     study = optuna.create_study(direction="maximize", study_name="demo", sampler=sampler)
-    book = make_logbook(tmp_path, config, ucb_scores=None)
-    nexts: list[Any] = []
+    book = make_logbook(tmp_path, config, ucb_scores=None, next_parent=None)
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: suggest(trial, name, dist)
@@ -643,15 +654,23 @@ def test_with_the_real_sampler(tmp_path: Path, config: Config,
         trial.set_user_attr("test_pearson", 0.97)
         return r2
 
+    tops: list[Any] = []
+
     def record(study: optuna.Study, trial: FrozenTrial) -> None:
         rows = sampler_module.ucb_scores(study)
-        nexts.append(rows[0]["node"] if rows else "root")
+        tops.append(rows[0]["node"] if rows else "root")
 
     study.optimize(objective, n_trials=14, callbacks=[book, record])
     assert iters(book.analysis_path) == list(range(14))
+    trials = study.get_trials(deepcopy=False)
+    parents = [t.user_attrs["parent_id"] for t in trials[1:]]
+    parents.append(sampler_module.next_parent(study))  # the 15th trial's, not yet run
+    nexts = ["root" if p < 0 else p for p in parents]
     for entry, expected in zip(entries(book.analysis_path), nexts):
         check_form(entry)
         assert entry[9] == f"Next: parent={expected}"
+    # The check has teeth: the UCB table's top row is not always the parent the rules use.
+    assert any(top != nxt for top, nxt in zip(tops, nexts))
     assert book.ucb_path.read_text(encoding="utf-8").startswith("# UCB scores")
     live = book.analysis_path.read_text(encoding="utf-8")
     book.index_path.unlink()
@@ -694,7 +713,7 @@ def test_unwritable_directory_warns(tmp_path: Path, config: Config,
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     book = Logbook(blocker / "views", "demo", config=config, ucb_scores=fake_ucb,
-                   draw_tree=False)
+                   next_parent=fake_next_parent, draw_tree=False)
     study = optuna.create_study(direction="maximize", study_name="demo")
     with caplog.at_level(logging.WARNING):
         run_trials(study, Explorer(config), 1, [book])
@@ -750,8 +769,8 @@ WORKER = textwrap.dedent("""
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.load_study(study_name="demo", storage=storage,
                               sampler=optuna.samplers.RandomSampler(seed=worker))
-    book = Logbook(folder, "demo", ucb_scores=lambda s: [], draw_tree=False,
-                   raise_errors=True)
+    book = Logbook(folder, "demo", ucb_scores=lambda s: [], next_parent=lambda s: None,
+                   draw_tree=False, raise_errors=True)
 
     def objective(trial):
         x = trial.suggest_float("lr_k", 1e-4, 1e-2, log=True)
