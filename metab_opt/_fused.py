@@ -1,27 +1,30 @@
 """The training loss and its gradient written out by hand: the trainer's fast path.
 
-:class:`FusedLoss` computes the same six terms as ``training._step_terms`` for a batch of B
-frames and writes the gradient of ``Σ_t w_t · term_t`` into the parameters' ``.grad``, with no
+:class:`FusedLoss` computes the same terms as ``training._step_terms`` for a batch of B frames
+and writes the gradient of ``Σ_t w_t · term_t`` into the parameters' ``.grad``, with no
 autograd graph. On the CPU this model's step is small enough that the autograd engine's
 per-node cost (about 50 nodes forward, as many backward) took about half of it; here the step
 is a fixed sequence of ~70 tensor ops. The MLPs go through the same :func:`tail_forward` /
-:func:`tail_backward` as the autograd path. ``tests/test_fused.py`` checks terms and gradients
-against autograd with ``allclose`` on every option (aggregation, through-origin, each
-regularizer, MLP depths, embedding size).
+:func:`tail_backward` as the autograd path. ``tests/test_fused.py`` and ``tests/test_losses.py``
+check terms and gradients against autograd with ``allclose`` on every option (aggregation,
+through-origin, each registered term, MLP depths, embedding size).
 
-The gradient, with r = dc/dt - y over the batch's n = B·N entries (the notation of
-``model.py``)::
+The terms and their own gradients come from :mod:`metab_opt.losses`: each term adds
+``w · ∂term/∂variable`` into its variable's buffer (``g_r``, ``g_node``, ``g_log_k``,
+``g_grid``, ``g_norm`` below) when the chain reaches it. The chain, with r = dc/dt - y and M the
+(Q, R) pair-to-reaction matrix (the notation of ``model.py``)::
 
-    g_dcdt = 2 w_loss r / n                    g_node = g_dcdt + w_L1 sign(MLP_node) / n
-    g_v    = g_dcdt S                          (B, R)
+    g_r    = Σ terms of r                      g_node = g_r + Σ terms of node_out
+    g_v    = g_r S                             (B, R)   (dc/dt = MLP_node + v S^T)
     mul:  L = log(|f_pair|) M + ln10 log_k,    v = exp(L)
           g_log_k = ln10 Σ_b g_v v,            g_pair = (g_v v) M^T / f_pair   (|f| >= 1e-8)
     add:  g_log_k = ln10 Σ_b g_v v,            g_pair = (g_v 10^log_k) M^T
-    k_center: + 2 w (mean log_k - centre) / R;  k_floor: - 2 w relu(threshold - log_k)
+    g_log_k += Σ terms of log_k
 
-then the MLP_sub rows (pairs, monotonicity grid, scale anchor, and f(0, s) with
-sub_through_origin) and MLP_node's rows go back through their MLPs. MLP_node's first layer is
-``u0 = 2 (c w_c + W_e e_i + b)`` (see ``MetabolismGNN.node_preact``).
+then the MLP_sub rows (pairs, the monotonicity grid + Σ terms of grid, the scale anchor
+= Σ terms of norm, and f(0, s) with sub_through_origin) and MLP_node's rows go back through
+their MLPs. MLP_node's first layer is ``u0 = 2 (c w_c + W_e e_i + b)`` (see
+``MetabolismGNN.node_preact``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from metab_opt import losses
 from metab_opt.config import Config
+from metab_opt.losses import LOSS_TERMS, VARIABLES, LossInputs, LossTerm, Variable
 from metab_opt.model import CLAMP, LN10, MetabolismGNN, at_origin, tail_backward, tail_forward
 
 __all__ = ["FusedLoss", "fused_supported"]
@@ -50,12 +55,9 @@ class _Saved:
     x_sub: Tensor  # (M, 2) MLP_sub's input rows
     sub_acts: list[Tensor]  # MLP_sub's saved activations
     pair: Tensor  # (B, Q) the substrate function per pair
-    diff: Tensor  # (P, G - 1) f(c_g) - f(c_{g+1}) on the grid
-    norm: Tensor  # () the scale anchor f(1, 1)
     v: Tensor  # (B, R) the rates
     node_acts: list[Tensor]  # MLP_node's saved activations
-    node_out: Tensor  # (B, N)
-    r: Tensor  # (B, N) dc/dt - y
+    inputs: LossInputs  # what the terms read: r, node_out, log_k, grid, norm
 
 
 class FusedLoss:
@@ -71,12 +73,16 @@ class FusedLoss:
         if not fused_supported(model):
             raise ValueError("FusedLoss: both MLPs need at least one hidden layer "
                              "(n_layers_sub, n_layers_node >= 2)")
-        t = cfg.training
         self.model = model
-        self.w = [1.0, float(t.coeff_MLP_sub_diff), float(t.coeff_MLP_node_L1),
-                  float(t.coeff_k_center), float(t.coeff_k_floor), float(t.coeff_MLP_sub_norm)]
+        self.training = cfg.training
+        self.w = losses.weights(cfg.training)
         self.k_center = float(cfg.simulation.log_k_center)
-        self.k_floor_threshold = float(t.k_floor_threshold)
+        # The terms that take part (weight != 0) by variable, in registry order: the order in
+        # which backward() adds them into each buffer.
+        self._terms: dict[Variable, list[tuple[LossTerm, float]]] = {v: [] for v in VARIABLES}
+        for term, w in zip(LOSS_TERMS, self.w):
+            if w:
+                self._terms[term.wrt].append((term, w))
         sub, node = model.mlp_sub.linears(), model.mlp_node.linears()
         self.node_first = node[0]
         self.sub_w = [layer.weight for layer in sub[1:]]
@@ -92,8 +98,8 @@ class FusedLoss:
 
     @torch.no_grad()
     def forward(self, c: Tensor, y: Tensor) -> Tensor:
-        """The six unweighted terms (TERMS' order) for frames ``c`` (B, N) and targets ``y``."""
-        m, w = self.model, self.w
+        """The unweighted terms (TERMS' order) for frames ``c`` (B, N) and targets ``y``."""
+        m = self.model
         B, N = c.shape
         x_sub = m.sub_input(c)
         f, sub_acts = tail_forward(m.mlp_sub.first_preact(x_sub), self.sub_w, self.sub_b)
@@ -103,37 +109,39 @@ class FusedLoss:
         node_out = node_out.view(B, N)
         r = torch.addmm(node_out, v, m.S_t).sub_(y)
 
-        zero_t = r.new_zeros(())
-        log_k = m.log_k
-        diff = grid[:, :-1] - grid[:, 1:]
-        terms = torch.stack([
-            r.square().mean(),
-            torch.relu(diff).sum() if w[1] else zero_t,
-            node_out.abs().mean() if w[2] else zero_t,
-            (log_k.mean() - self.k_center) ** 2 if w[3] else zero_t,
-            torch.relu(self.k_floor_threshold - log_k).square().sum() if w[4] else zero_t,
-            (norm - 1.0) ** 2 if w[5] else zero_t,
-        ])
-        self._saved = _Saved(c=c, x_sub=x_sub, sub_acts=sub_acts, pair=pair, diff=diff,
-                             norm=norm, v=v, node_acts=node_acts, node_out=node_out, r=r)
-        return terms
+        x = LossInputs(r=r, node_out=node_out, log_k=m.log_k, grid=grid, norm=norm,
+                       training=self.training, log_k_center=self.k_center)
+        self._saved = _Saved(c=c, x_sub=x_sub, sub_acts=sub_acts, pair=pair, v=v,
+                             node_acts=node_acts, inputs=x)
+        return losses.evaluate(x, self.w)
+
+    def _add_terms(self, wrt: Variable, g: Tensor) -> None:
+        """Add the gradient of every live term of ``wrt`` into its buffer ``g``."""
+        assert self._saved is not None
+        for term, w in self._terms[wrt]:
+            term.grad(self._saved.inputs, w, g)
 
     @torch.no_grad()
     def backward(self) -> None:
         """Write the gradient of the weighted sum of the last :meth:`forward`'s terms."""
-        m, w, sv = self.model, self.w, self._saved
+        m, sv = self.model, self._saved
         if sv is None:
             raise RuntimeError("FusedLoss.backward: call forward first")
-        r, v, pair, node_out, c = sv.r, sv.v, sv.pair, sv.node_out, sv.c
+        v, pair, c = sv.v, sv.pair, sv.c
         B, N = c.shape
         P, G = m.powers.numel(), m.sub_grid.numel()
         BQ, PG = pair.numel(), P * G
-        n = r.numel()
-        R = m.log_k.numel()
 
-        g_dcdt = r * (2.0 * w[0] / n)
-        g_node = g_dcdt.add(torch.sign(node_out), alpha=w[2] / n) if w[2] else g_dcdt
-        g_v = g_dcdt @ m.S
+        g_r = torch.zeros_like(sv.inputs.r)
+        self._add_terms("r", g_r)
+        if self._terms["node_out"]:
+            # dc/dt = MLP_node + v S^T: MLP_node gets g_r as well as its own terms, the
+            # rates g_r alone.
+            g_node = g_r.clone()
+            self._add_terms("node_out", g_node)
+        else:
+            g_node = g_r
+        g_v = g_r @ m.S
         g_vv = g_v * v
         g_log_k = g_vv.sum(0).mul_(LN10)
         if m.aggr == "mul":
@@ -144,21 +152,15 @@ class FusedLoss:
         if m.through_origin:
             # The pair rows at the origin are the constant 0 (MetabolismGNN.split_sub).
             g_pair.masked_fill_(at_origin(sv.x_sub[:BQ]).view(B, -1), 0.0)
-        if w[3]:
-            g_log_k.add_(2.0 * w[3] / R * (m.log_k.mean() - self.k_center))
-        if w[4]:
-            g_log_k.sub_(torch.relu(self.k_floor_threshold - m.log_k), alpha=2.0 * w[4])
+        self._add_terms("log_k", g_log_k)
 
         # MLP_sub's rows: the pairs, the grid, the scale anchor, then f(0, s) if through-origin.
         g_f = pair.new_zeros(sv.x_sub.shape[0])
         g_f[:BQ] = g_pair.view(-1)
         g_grid = g_f[BQ:BQ + PG].view(P, G)
-        if w[1]:
-            mask = (sv.diff > 0).to(sv.diff.dtype).mul_(w[1])
-            g_grid[:, :-1] += mask
-            g_grid[:, 1:] -= mask
-        if w[5]:
-            g_f[BQ + PG] = 2.0 * w[5] * (sv.norm - 1.0)
+        self._add_terms("grid", g_grid)
+        if self._terms["norm"]:
+            self._add_terms("norm", g_f[BQ + PG])  # a 0-dim view: the terms add into g_f
         if m.through_origin:
             g_grid.masked_fill_(m.grid_at_origin, 0.0)  # a constant 0, like the pairs above
             g_zero = g_f[BQ + PG + 1:]

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metab_opt import _ucb as ucb
+from metab_opt import ucbtree
 from metab_opt._io import atomic_write
 from metab_opt.config import Config, ConfigError, apply_params, config_from_dict, dump_config
 from metab_opt.logbook import replicate_groups
 
-__all__ = ["Incumbent", "export_best", "study_config", "study_incumbent"]
+__all__ = ["Incumbent", "export_best", "study_config", "study_incumbent", "trials_incumbent"]
 
 _CONFIG_ATTR = "metab_opt:config"  # set by metab_opt.study.open_study
 
@@ -36,8 +37,8 @@ class Incumbent:
     """A study's incumbent: its replicate group and the run whose seed an export carries."""
 
     study: str
-    group: ucb.Group
-    run: ucb.Node  # the group's first complete run (a pruned or failed one if none completed)
+    group: ucbtree.Group
+    run: ucbtree.Node  # the group's first complete run (a pruned or failed one if none completed)
     config: Config  # the study's config with the run's params (training seed included)
 
     def describe(self) -> str:
@@ -64,7 +65,13 @@ def study_incumbent(storage: Any, name: str, cfg: Config | None = None) -> Incum
     """The incumbent of study ``name`` in ``storage``; None while no run has a result."""
     cfg = cfg if cfg is not None else study_config(storage, name)
     trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
-    groups = replicate_groups(trials, names=cfg.search.names, base_params=cfg.base_params())
+    return trials_incumbent(name, trials, cfg)
+
+
+def trials_incumbent(name: str, trials: Sequence[Any], cfg: Config) -> Incumbent | None:
+    """The incumbent of study ``name`` among its ``trials`` (``study.get_trials()``: a live
+    study has no public way to its storage); None while no run has a result."""
+    groups = replicate_groups(trials, config=cfg)
     if not groups:
         return None
     group = groups[0]
@@ -76,7 +83,7 @@ def study_incumbent(storage: Any, name: str, cfg: Config | None = None) -> Incum
     return Incumbent(study=name, group=group, run=run, config=apply_params(cfg, params))
 
 
-def _run_line(node: ucb.Node, trial_attrs: dict[int, dict[str, Any]]) -> str:
+def _run_line(node: ucbtree.Node, trial_attrs: dict[int, dict[str, Any]]) -> str:
     state = "failed" if node.failed else node.state.name.lower()
     r2 = "n/a" if node.failed or node.r2 is None else f"{node.r2:.6g}"
     steps = trial_attrs.get(node.number, {}).get("steps")

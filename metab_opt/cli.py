@@ -1,7 +1,8 @@
 """``metab-opt``: a thin command line over the package's functions.
 
-Bad input (an unknown option, a bad config or ``--set``) is one line on stderr and exit code 2,
-with nothing written.
+Every subcommand's arguments and dispatch live here; the work is the library's (simulation,
+objective, bench, replicate, runner, compare, best, dashboard). Bad input (an unknown option, a
+bad config or ``--set``) is one line on stderr and exit code 2, with nothing written.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
+import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from metab_opt.config import ConfigError, load_config, parse_overrides
-from metab_opt.study import check_device
+from metab_opt.config import Config, ConfigError, load_config, parse_overrides
+from metab_opt.study import PRUNERS, SAMPLERS
 
 __all__ = ["main"]
 
@@ -57,6 +60,92 @@ def _add_config(p: argparse.ArgumentParser, *, default: str | None = DEFAULT_CON
     p.add_argument("--config", default=default, help=f"YAML config (default: {default})")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _no_abbreviations(p: argparse.ArgumentParser) -> None:
+    # argparse takes an unambiguous prefix for the option: ``--n-trial 3`` would silently mean
+    # ``--n-trials 3`` (and change meaning the day an option with that prefix is added). A
+    # study is resumed by repeating its command: spelled-out options only, and a misspelling
+    # gets the parser's "did you mean" instead.
+    p.allow_abbrev = False
+
+
+def _add_study_common(p: argparse.ArgumentParser) -> None:
+    """The options ``study`` and ``compare`` share: config, storage, workers, heartbeats."""
+    _no_abbreviations(p)
+    _add_config(p)
+    p.add_argument("--root", default="studies", help="output root (default: studies/)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: sqlite:///<root>/<name>/study.db)")
+    p.add_argument("--n-jobs", type=_positive_int, default=1, help="parallel trials (threads)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--data-root", default=None, help="dataset cache (default: <root>/data)")
+    p.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="cap the training steps of every trial (smoke tests)")
+    p.add_argument("--heartbeat-interval", type=_positive_int, default=10,
+                   help="seconds between a running trial's heartbeats (RDB storages)")
+    p.add_argument("--grace-period", type=_positive_int, default=60,
+                   help="seconds without heartbeat before a trial counts as dead")
+
+
+def _add_study_arguments(p: argparse.ArgumentParser) -> None:
+    _add_study_common(p)
+    p.add_argument("--study-name", default=None, help="default: the config's name")
+    p.add_argument("--n-trials", type=_positive_int, default=None,
+                   help="trials to run now (default: the config's search.n_trials)")
+    p.add_argument("--timeout", type=_positive_float, default=None, help="seconds")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ucb")
+    p.add_argument("--pruner", choices=PRUNERS, default="none")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no training progress bar")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip each trial's plots and artifacts (metrics and logs unchanged)")
+
+
+def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    _add_study_common(p)
+    p.add_argument("--samplers", default="ucb,tpe,random",
+                   help=f"comma-separated, from {','.join(SAMPLERS)}")
+    p.add_argument("--n-trials", type=_positive_int, default=24)
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--name", default=None, help="comparison name (default: compare_<config>)")
+
+
+def _add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
+    _no_abbreviations(p)
+    p.add_argument("name", help="study name (its folder under --root)")
+    p.add_argument("--root", default="studies")
+    p.add_argument("--storage", default=None,
+                   help="storage URL (default: sqlite:///<root>/<name>/study.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=8080)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -101,12 +190,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     _add_progress(p)
 
-    from metab_opt import study as study_mod
-
-    study_mod.add_study_arguments(sub.add_parser("study", help="run or resume a study"))
-    study_mod.add_compare_arguments(sub.add_parser("compare", help="UCB vs Optuna's samplers"))
+    _add_study_arguments(sub.add_parser("study", help="run or resume a study"))
+    _add_compare_arguments(sub.add_parser("compare", help="UCB vs Optuna's samplers"))
     p = sub.add_parser("best", help="write the study's incumbent as a runnable config")
-    p.allow_abbrev = False
+    _no_abbreviations(p)
     p.add_argument("name", help="study name (its folder under --root)")
     p.add_argument("--root", default="studies", help="output root (default: studies/)")
     p.add_argument("--storage", default=None,
@@ -114,14 +201,23 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="the config file to write (default: <root>/<name>/<name>_best.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    p = sub.add_parser("dashboard", help="browse a study in optuna-dashboard")
-    study_mod.add_dashboard_arguments(p)
+    _add_dashboard_arguments(sub.add_parser("dashboard", help="browse a study in optuna-dashboard"))
     return parser
 
 
 def _load(args: argparse.Namespace, *, check_frozen: bool = True) -> Any:
     return load_config(args.config, overrides=parse_overrides(args.overrides),
                        check_frozen=check_frozen)
+
+
+def _check_device(name: str) -> None:
+    """Fail in one line (ConfigError) on a device this machine does not have."""
+    from metab_opt.training import select_device
+
+    try:
+        select_device(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -146,7 +242,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from metab_opt.training import TrainingDiverged
 
     cfg = _load(args)
-    check_device(args.device)  # fail early, before anything is written
+    _check_device(args.device)  # fail early, before anything is written
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps: expected a positive integer, got {args.max_steps}")
     out = Path(args.out) if args.out else Path("studies") / "train" / cfg.name
@@ -170,7 +266,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from metab_opt.bench import bench
 
     cfg = _load(args)
-    check_device(args.device)
+    _check_device(args.device)
     if args.steps < 10:
         raise UsageError(f"--steps: expected at least 10, got {args.steps}")
     if not 1 <= args.rounds <= args.steps:
@@ -185,7 +281,7 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
     from metab_opt.replicate import replicate
 
     cfg = _load(args)
-    check_device(args.device)
+    _check_device(args.device)
     bad = [s for s in args.seeds if s < 0]
     if bad or len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds: expected distinct integers >= 0, got "
@@ -212,7 +308,7 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
 
 def _cmd_best(args: argparse.Namespace) -> int:
     from metab_opt.best import export_best
-    from metab_opt.study import open_existing
+    from metab_opt.storage import open_existing
 
     storage, label = open_existing(args.name, root=args.root, storage_url=args.storage)
     out = Path(args.out) if args.out else Path(args.root) / args.name / f"{args.name}_best.yaml"
@@ -224,25 +320,123 @@ def _cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from metab_opt.storage import is_journal
+    from metab_opt.study import check_resumable
+
+    cfg = _load(args)
+    # A refusal to resume and a bad storage are seconds faster than torch's import.
+    check_resumable(cfg, name=args.study_name, root=args.root, storage_url=args.storage,
+                    sampler_kind=args.sampler)
+    _check_device(args.device)
+    if args.storage and is_journal(args.storage):
+        print("metab-opt study: note: a journal storage has no heartbeats; a worker killed "
+              "outright leaves its trial RUNNING (fail it by hand before resuming)",
+              file=sys.stderr)
+    from metab_opt.runner import run_study
+
+    t0 = time.perf_counter()
+    try:
+        study = run_study(cfg, name=args.study_name, root=args.root,
+                          storage_url=args.storage, n_trials=args.n_trials,
+                          timeout=args.timeout, sampler_kind=args.sampler,
+                          pruner=args.pruner, n_jobs=args.n_jobs, device=args.device,
+                          seed=args.seed, data_root=args.data_root,
+                          progress=not args.no_progress, max_steps=args.max_steps,
+                          plots=not args.no_plots,
+                          heartbeat_interval=args.heartbeat_interval,
+                          grace_period=args.grace_period)
+    except KeyboardInterrupt:
+        print("metab-opt study: interrupted; the running trial is marked failed and the "
+              "logs are flushed. Run the same command to resume.", file=sys.stderr)
+        return 130
+    _print_summary(study, cfg, args.root, time.perf_counter() - t0)
+    return 0
+
+
+def _print_summary(study: Any, cfg: Config, root: str, seconds: float) -> None:
+    import optuna
+
+    from metab_opt.best import trials_incumbent
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    print(f"study '{study.study_name}': {len(study.trials)} trials ({len(done)} complete) "
+          f"in storage; this run {seconds / 60:.1f} min")
+    # The incumbent the sampler and the memory file name (a replicate group), not Optuna's
+    # single best trial, which a lucky training seed can put on top.
+    inc = trials_incumbent(study.study_name, study.get_trials(deepcopy=False), cfg)
+    if inc is not None:
+        print(f"incumbent: {inc.describe()}; export it with `metab-opt best "
+              f"{study.study_name} --root {root}`")
+    folder = Path(root) / study.study_name
+    print(f"logs: {folder / (study.study_name + '_analysis.md')}, "
+          f"{folder / (study.study_name + '_memory.md')}")
+    print(f"browse: metab-opt dashboard {study.study_name} --root {root}")
+
+
+def _compare_command_line(args: argparse.Namespace, samplers: Sequence[str]) -> str:
+    """The command that reproduces this run (options in a fixed order, defaults left out)."""
+    parts = ["metab-opt", "compare", "--config", str(args.config)]
+    for item in getattr(args, "overrides", []) or []:
+        parts += ["--set", item]
+    parts += ["--samplers", ",".join(samplers),
+              "--n-trials", str(args.n_trials), "--repeats", str(args.repeats)]
+    optional = (("--name", "name", None), ("--root", "root", "studies"),
+                ("--storage", "storage", None), ("--n-jobs", "n_jobs", 1),
+                ("--device", "device", "auto"), ("--data-root", "data_root", None),
+                ("--max-steps", "max_steps", None))
+    for flag, attr, default in optional:
+        value = getattr(args, attr, default)
+        if value != default:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Bad input is a ConfigError (one line, exit 2, nothing written)."""
+    from metab_opt.compare import check_sampler_packages, parse_samplers, run_compare
+
+    samplers = parse_samplers(args.samplers)
+    check_sampler_packages(samplers)
+    cfg = _load(args)
+    if args.device != "auto":
+        _check_device(args.device)
+    try:
+        run_compare(cfg, samplers=samplers, n_trials=args.n_trials, repeats=args.repeats,
+                    root=args.root, name=args.name, storage_url=args.storage,
+                    n_jobs=args.n_jobs, device=args.device, data_root=args.data_root,
+                    max_steps=args.max_steps, heartbeat_interval=args.heartbeat_interval,
+                    grace_period=args.grace_period,
+                    command=_compare_command_line(args, samplers))
+    except KeyboardInterrupt:
+        print("metab-opt compare: interrupted; the running trial is marked failed and does not "
+              "count. Run the same command to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from metab_opt.dashboard import serve
+    from metab_opt.storage import open_existing
+
+    storage, _ = open_existing(args.name, root=args.root, storage_url=args.storage)
+    serve(storage, host=args.host, port=args.port,
+          artifacts=Path(args.root) / args.name / "artifacts")
+    return 0
+
+
+_COMMANDS = {"simulate": _cmd_simulate, "train": _cmd_train, "bench": _cmd_bench,
+             "replicate": _cmd_replicate, "study": _cmd_study, "compare": _cmd_compare,
+             "best": _cmd_best, "dashboard": _cmd_dashboard}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _build_parser()
         args, extra = parser.parse_known_args(argv)
         if extra:
             raise UsageError(_unrecognized(parser, args.command, extra))
-        if args.command == "simulate":
-            return _cmd_simulate(args)
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "bench":
-            return _cmd_bench(args)
-        if args.command == "replicate":
-            return _cmd_replicate(args)
-        if args.command == "best":
-            return _cmd_best(args)
-        from metab_opt import study as study_mod
-
-        return study_mod.run_command(args)
+        return _COMMANDS[args.command](args)
     except (UsageError, ConfigError) as exc:
         msg = str(exc)
         prefix = "" if msg.startswith("metab-opt") else "metab-opt: error: "

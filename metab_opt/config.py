@@ -2,7 +2,10 @@
 
 A config file has four sections: ``simulation`` (the data regime, frozen during a study),
 ``graph_model`` (the GNN's shape and structural options), ``training`` (the hyperparameters a
-study searches) and ``search`` (the search space and the exploration settings).
+study searches) and ``search`` (the search space and the exploration settings). ``search.roles``
+declares what some knobs mean to the sampler's rules (the training seed, the duration knob, the
+initial spread, the degeneracy-break move: ``metab_opt/ucbtree/README.md``); the knobs and their
+lattices are :class:`metab_opt.ucbtree.Knob`, re-exported here.
 
 Every problem is raised as :class:`ConfigError` with one line that names the file, the key and
 what is allowed, so a command-line tool can print it and exit with code 2.
@@ -26,12 +29,17 @@ from typing import Any
 
 import yaml
 
+# The knob and its lattice live in the generic sampler package (standard library only at
+# import); re-exported here, where the config builds them.
+from metab_opt.ucbtree import Knob, KnobSpecError, Roles
+
 __all__ = [
     "Config",
     "ConfigError",
     "FROZEN_TRAINING_KEYS",
     "GraphModelConfig",
     "Knob",
+    "Roles",
     "SearchConfig",
     "SimulationConfig",
     "TrainingConfig",
@@ -85,113 +93,103 @@ def _s(choices: Sequence[str], *, required: bool = True) -> _Spec:
     return _Spec("str", choices=tuple(choices), required=required)
 
 
+def _key(spec: _Spec, default: Any = dataclasses.MISSING) -> Any:
+    """A section dataclass's field with its check: the one place a config key is declared.
+
+    The validation table is read off the fields (:func:`_specs_of`), so a key is never declared
+    twice. Whether the key is required follows from the default (none: required), whatever the
+    spec says.
+    """
+    return field(default=default, metadata={"spec": spec})
+
+
+def _specs_of(cls: Any) -> dict[str, _Spec]:
+    """A section's validation table, in field order, from its dataclass's :func:`_key` fields."""
+    return {f.name: dataclasses.replace(f.metadata["spec"],
+                                        required=f.default is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)}
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """The PDE_M1 regime: network, kinetics, homeostasis and the two trajectories."""
 
-    n_metabolites: int
-    n_metabolite_types: int
-    n_reactions: int
-    max_metabolites_per_reaction: int
-    n_frames: int
-    delta_t: float
-    seed: int
-    concentration_min: float
-    concentration_max: float
-    cycle_fraction: float
-    cycle_length: int
-    use_mass_action: bool
-    log_k_min: float
-    log_k_max: float
-    flux_limit: bool
-    homeostatic_lambda_per_type: tuple[float, ...]
-    homeostatic_baseline_per_type: tuple[float, ...]
-    n_test_frames: int
-    test_seed_offset: int = 1000
-    noise_level: float = 0.0
+    n_metabolites: int = _key(_i(2, 100_000))
+    n_metabolite_types: int = _key(_i(1, 100))
+    n_reactions: int = _key(_i(1, 1_000_000))
+    max_metabolites_per_reaction: int = _key(_i(1, 16))
+    n_frames: int = _key(_i(2, 10_000_000))
+    delta_t: float = _key(_f(0.0, 100.0, low_open=True))
+    seed: int = _key(_i(0, 2**31 - 1))
+    concentration_min: float = _key(_f(0.0, 1e6))
+    concentration_max: float = _key(_f(0.0, 1e6, low_open=True))
+    cycle_fraction: float = _key(_f(0.0, 1.0))
+    cycle_length: int = _key(_i(2, 100))
+    use_mass_action: bool = _key(_b())
+    log_k_min: float = _key(_f(-12.0, 6.0))
+    log_k_max: float = _key(_f(-12.0, 6.0))
+    flux_limit: bool = _key(_b())
+    homeostatic_lambda_per_type: tuple[float, ...] = _key(_Spec("float_list", 0.0, 100.0))
+    homeostatic_baseline_per_type: tuple[float, ...] = _key(_Spec("float_list", 0.0, 1e6))
+    n_test_frames: int = _key(_i(2, 10_000_000))
+    test_seed_offset: int = _key(_i(1, 2**30), 1000)
+    noise_level: float = _key(_f(0.0, 10.0), 0.0)
 
     @property
     def log_k_center(self) -> float:
         return 0.5 * (self.log_k_min + self.log_k_max)
 
 
-_SIMULATION_SPECS: dict[str, _Spec] = {
-    "n_metabolites": _i(2, 100_000),
-    "n_metabolite_types": _i(1, 100),
-    "n_reactions": _i(1, 1_000_000),
-    "max_metabolites_per_reaction": _i(1, 16),
-    "n_frames": _i(2, 10_000_000),
-    "delta_t": _f(0.0, 100.0, low_open=True),
-    "seed": _i(0, 2**31 - 1),
-    "concentration_min": _f(0.0, 1e6),
-    "concentration_max": _f(0.0, 1e6, low_open=True),
-    "cycle_fraction": _f(0.0, 1.0),
-    "cycle_length": _i(2, 100),
-    "use_mass_action": _b(),
-    "log_k_min": _f(-12.0, 6.0),
-    "log_k_max": _f(-12.0, 6.0),
-    "flux_limit": _b(),
-    "homeostatic_lambda_per_type": _Spec("float_list", 0.0, 100.0),
-    "homeostatic_baseline_per_type": _Spec("float_list", 0.0, 1e6),
-    "n_test_frames": _i(2, 10_000_000),
-    "test_seed_offset": _i(1, 2**30, required=False),
-    "noise_level": _f(0.0, 10.0, required=False),
-}
+_SIMULATION_SPECS: dict[str, _Spec] = _specs_of(SimulationConfig)
 
 
 @dataclass(frozen=True)
 class GraphModelConfig:
     """The GNN's shape and its structural options (defaults keep the seed's model)."""
 
-    hidden_dim_sub: int
-    n_layers_sub: int
-    hidden_dim_node: int
-    n_layers_node: int
-    embedding_dim: int
-    aggr_type: str
-    c_scale: float = 1.0
-    sub_through_origin: bool = False
-    log_k_init_noise: float = 0.01
+    hidden_dim_sub: int = _key(_i(1, 4096))
+    n_layers_sub: int = _key(_i(1, 16))
+    hidden_dim_node: int = _key(_i(1, 4096))
+    n_layers_node: int = _key(_i(1, 16))
+    embedding_dim: int = _key(_i(0, 64))
+    aggr_type: str = _key(_s(["mul", "add"]))
+    c_scale: float = _key(_f(0.0, 1e6, low_open=True), 1.0)
+    sub_through_origin: bool = _key(_b(), False)
+    log_k_init_noise: float = _key(_f(0.0, 10.0), 0.01)
 
 
-_GRAPH_MODEL_SPECS: dict[str, _Spec] = {
-    "hidden_dim_sub": _i(1, 4096),
-    "n_layers_sub": _i(1, 16),
-    "hidden_dim_node": _i(1, 4096),
-    "n_layers_node": _i(1, 16),
-    "embedding_dim": _i(0, 64),
-    "aggr_type": _s(["mul", "add"]),
-    "c_scale": _f(0.0, 1e6, required=False, low_open=True),
-    "sub_through_origin": _b(required=False),
-    "log_k_init_noise": _f(0.0, 10.0, required=False),
-}
+_GRAPH_MODEL_SPECS: dict[str, _Spec] = _specs_of(GraphModelConfig)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Training hyperparameters; a study searches these (and some graph_model options)."""
+    """Training hyperparameters; a study searches these (and some graph_model options).
 
-    n_epochs: int
-    batch_size: int
-    seed: int
-    data_augmentation_loop: int
-    learning_rate_start: float
-    learning_rate_k: float
-    learning_rate_node: float
-    learning_rate_sub: float
-    coeff_k_center: float
-    coeff_MLP_sub_diff: float
-    coeff_MLP_node_L1: float
-    coeff_k_floor: float = 0.0
-    k_floor_threshold: float = -2.0
-    coeff_MLP_sub_norm: float = 0.0
-    freeze_stoichiometry: bool = True
-    learning_rate_S_start: float = 0.0
-    coeff_S_L1: float = 0.0
-    coeff_S_integer: float = 0.0
-    coeff_mass_conservation: float = 0.0
-    report_every: int = 0  # 0: 20 reports per run
-    sub_diff_grid_points: int = 64
+    A loss term's weight (``coeff_*``) is declared here and named by its term in
+    ``metab_opt.losses.LOSS_TERMS``.
+    """
+
+    n_epochs: int = _key(_i(1, 1000))
+    batch_size: int = _key(_i(1, 100_000))
+    seed: int = _key(_i(0, 2**31 - 1))
+    data_augmentation_loop: int = _key(_i(1, 1_000_000))
+    learning_rate_start: float = _key(_f(0.0, 10.0))
+    learning_rate_k: float = _key(_f(0.0, 10.0))
+    learning_rate_node: float = _key(_f(0.0, 10.0))
+    learning_rate_sub: float = _key(_f(0.0, 10.0))
+    coeff_k_center: float = _key(_f(0.0, 1e6))
+    coeff_MLP_sub_diff: float = _key(_f(0.0, 1e6))
+    coeff_MLP_node_L1: float = _key(_f(0.0, 1e6))
+    coeff_k_floor: float = _key(_f(0.0, 1e6), 0.0)
+    k_floor_threshold: float = _key(_f(-12.0, 6.0), -2.0)
+    coeff_MLP_sub_norm: float = _key(_f(0.0, 1e6), 0.0)
+    freeze_stoichiometry: bool = _key(_b(), True)
+    learning_rate_S_start: float = _key(_f(0.0, 10.0), 0.0)
+    coeff_S_L1: float = _key(_f(0.0, 1e6), 0.0)
+    coeff_S_integer: float = _key(_f(0.0, 1e6), 0.0)
+    coeff_mass_conservation: float = _key(_f(0.0, 1e6), 0.0)
+    report_every: int = _key(_i(0, 10_000_000), 0)  # 0: 20 reports per run
+    sub_diff_grid_points: int = _key(_i(2, 10_000), 64)
 
     def n_steps(self, n_frames: int) -> int:
         """Gradient steps of one training run, as the original procedure counts them."""
@@ -199,29 +197,7 @@ class TrainingConfig:
         return max(1, per_epoch * self.n_epochs)
 
 
-_TRAINING_SPECS: dict[str, _Spec] = {
-    "n_epochs": _i(1, 1000),
-    "batch_size": _i(1, 100_000),
-    "seed": _i(0, 2**31 - 1),
-    "data_augmentation_loop": _i(1, 1_000_000),
-    "learning_rate_start": _f(0.0, 10.0),
-    "learning_rate_k": _f(0.0, 10.0),
-    "learning_rate_node": _f(0.0, 10.0),
-    "learning_rate_sub": _f(0.0, 10.0),
-    "coeff_k_center": _f(0.0, 1e6),
-    "coeff_MLP_sub_diff": _f(0.0, 1e6),
-    "coeff_MLP_node_L1": _f(0.0, 1e6),
-    "coeff_k_floor": _f(0.0, 1e6, required=False),
-    "k_floor_threshold": _f(-12.0, 6.0, required=False),
-    "coeff_MLP_sub_norm": _f(0.0, 1e6, required=False),
-    "freeze_stoichiometry": _b(required=False),
-    "learning_rate_S_start": _f(0.0, 10.0, required=False),
-    "coeff_S_L1": _f(0.0, 1e6, required=False),
-    "coeff_S_integer": _f(0.0, 1e6, required=False),
-    "coeff_mass_conservation": _f(0.0, 1e6, required=False),
-    "report_every": _i(0, 10_000_000, required=False),
-    "sub_diff_grid_points": _i(2, 10_000, required=False),
-}
+_TRAINING_SPECS: dict[str, _Spec] = _specs_of(TrainingConfig)
 
 _SECTION_SPECS: dict[str, dict[str, _Spec]] = {
     "simulation": _SIMULATION_SPECS,
@@ -233,9 +209,6 @@ _SECTION_TYPES: dict[str, type] = {
     "graph_model": GraphModelConfig,
     "training": TrainingConfig,
 }
-
-_SCALES = ("log", "linear", "int", "categorical")
-_MAX_SIDE = 1000  # grid values on each side of the anchor, at most
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -257,136 +230,16 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
 
 
-def _sig(value: float, digits: int = 6) -> float:
-    """Round to significant digits, so grid values print cleanly (6.25e-04, not 6.2500001e-04)."""
-    if value == 0 or not math.isfinite(value):
-        return float(value)
-    return float(f"{value:.{digits}g}")
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One searchable hyperparameter.
-
-    ``key`` is the section-qualified config key it sets (``training.learning_rate_k``).
-    ``scale`` is ``log`` (multiplicative ``step``), ``linear`` (additive ``step``), ``int``
-    (additive integer ``step``) or ``categorical`` (``choices``). A ``log`` knob whose range
-    starts at 0 also allows 0 ("off"), below ``min_positive``. ``integer`` rounds a ``log``
-    knob's values (``batch_size``, ``data_augmentation_loop``).
-
-    The mutation lattice (:meth:`grid`) is anchored at the config's base value, so the seed's
-    starting point is always on it, and it contains both ends of the range.
-    """
-
-    name: str
-    key: str
-    low: float | None = None
-    high: float | None = None
-    scale: str = "log"
-    step: float | None = None
-    choices: tuple[Any, ...] | None = None
-    min_positive: float | None = None
-    integer: bool = False
-
-    @property
-    def section(self) -> str:
-        return self.key.split(".", 1)[0]
-
-    @property
-    def field(self) -> str:
-        return self.key.split(".", 1)[1]
-
-    @property
-    def is_integer(self) -> bool:
-        return self.scale == "int" or self.integer
-
-    def grid(self, anchor: Any) -> tuple[Any, ...]:
-        """Every value a mutation may give this knob, sorted (categorical: in declared order)."""
-        if self.scale == "categorical":
-            assert self.choices is not None
-            return tuple(self.choices)
-        assert self.low is not None and self.high is not None and self.step is not None
-        low, high, step = float(self.low), float(self.high), float(self.step)
-        # The range ends, the anchor (the base value) and the log floor are kept exactly as
-        # given; only the values walked from the anchor are rounded to 6 significant digits.
-        # (Rounding the anchor took a base such as 0.00123456789 off its own grid, and rounding
-        # an end such as 0.0123456789 put a value outside the range.)
-        exact: set[float] = {low, high}
-        walked: list[float] = []
-        if self.scale == "log":
-            floor = low if low > 0 else float(self.min_positive or 0.0)
-            a = float(anchor) if anchor is not None and float(anchor) > 0 else floor
-            # Walk outwards from the anchor by the factor until the range ends.
-            log_step = math.log(step)
-            n_down = int(math.floor(math.log(a / floor) / log_step + 1e-9)) if a > floor else 0
-            n_up = int(math.floor(math.log(high / a) / log_step + 1e-9)) if high > a else 0
-            walked.extend(a * step**i for i in range(-n_down, n_up + 1) if i != 0)
-            exact.update((a, floor))
-            if low <= 0:
-                exact.add(0.0)
-        else:
-            a = float(anchor) if anchor is not None else low
-            # A huge lattice (the seed knob: 0 .. 2^31 - 1 by 1) is cut to a window around the
-            # anchor; both range ends stay on it.
-            n_down = min(_MAX_SIDE, int(math.floor((a - low) / step + 1e-9)))
-            n_up = min(_MAX_SIDE, int(math.floor((high - a) / step + 1e-9)))
-            walked.extend(a + step * i for i in range(-n_down, n_up + 1) if i != 0)
-            exact.add(a)
-        if self.is_integer:
-            lo, hi = math.ceil(low), math.floor(high)
-            ints = {int(round(v)) for v in (*exact, *walked)} | {lo, hi}
-            return tuple(sorted(v for v in ints if lo <= v <= hi))
-        values = exact | {_sig(v) for v in walked}
-        return tuple(sorted(v for v in values if low <= v <= high))
-
-    def snap(self, value: Any, anchor: Any) -> Any:
-        """The grid value closest to ``value`` (in log space for a log knob), so in the range."""
-        grid = self.grid(anchor)
-        if self.scale == "categorical":
-            return value if value in grid else grid[0]
-
-        def distance(g: float) -> float:
-            if self.scale == "log" and g > 0 and value > 0:
-                return abs(math.log(g) - math.log(value))
-            if self.scale == "log" and (g <= 0 or value <= 0):
-                return 0.0 if g == value else math.inf if value > 0 else abs(g - value)
-            return abs(g - value)
-
-        return min(grid, key=distance)
-
-    def contains(self, value: Any) -> bool:
-        if self.scale == "categorical":
-            return value in (self.choices or ())
-        assert self.low is not None and self.high is not None
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            self.low <= value <= self.high
-        )
-
-    def distribution(self) -> Any:
-        """The Optuna distribution of this knob (imports optuna lazily)."""
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
-
-        if self.scale == "categorical":
-            return CategoricalDistribution(list(self.choices or ()))
-        assert self.low is not None and self.high is not None
-        log = self.scale == "log" and self.low > 0
-        if self.is_integer:
-            return IntDistribution(int(self.low), int(self.high), log=log)
-        return FloatDistribution(float(self.low), float(self.high), log=log)
-
-
 @dataclass(frozen=True)
 class SearchConfig:
-    """The search space (knobs in exploration order) and the UCB exploration settings."""
+    """The search space (knobs in exploration order), the knobs' roles and the UCB exploration
+    settings. ``roles`` is None when the file declares none (``search.roles``)."""
 
     knobs: tuple[Knob, ...]
     n_iter_block: int = 12
     ucb_c: float = 1.414
     n_trials: int = 12
+    roles: Roles | None = None
 
     def knob(self, name: str) -> Knob:
         for k in self.knobs:
@@ -505,17 +358,16 @@ def _build_section(where: str, section: str, data: Any) -> Any:
     return _SECTION_TYPES[section](**values)
 
 
-_KNOB_KEYS = ("key", "range", "scale", "step", "choices", "min_positive", "integer")
-_SEARCH_KEYS = ("knobs", "n_iter_block", "ucb_c", "n_trials")
+_SEARCH_KEYS = ("knobs", "n_iter_block", "ucb_c", "n_trials", "roles")
 
 
 def _build_knob(where: str, name: str, data: Any) -> Knob:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping with key, range, scale, step")
-    for key in data:
-        if key not in _KNOB_KEYS:
-            raise ConfigError(f"{where}.{key}: unknown key{_suggest(str(key), _KNOB_KEYS)}")
-    key = data.get("key")
+    try:  # the spec's shape and lattice: the knob's own rules
+        knob = Knob.from_mapping(name, data)
+    except KnobSpecError as exc:
+        raise ConfigError(f"{where}{'' if exc.field is None else '.' + exc.field}: "
+                          f"{exc.reason}") from None
+    key = data.get("key")  # what the key names: this config's rules
     if not isinstance(key, str) or "." not in key:
         raise ConfigError(f"{where}.key: expected 'section.name' (e.g. training.learning_rate_k), "
                           f"got {key!r}")
@@ -526,50 +378,7 @@ def _build_knob(where: str, name: str, data: Any) -> Knob:
                           f"{_suggest(key, known)}")
     if section == "training" and fname in FROZEN_TRAINING_KEYS:
         raise ConfigError(f"{where}.key: {key!r} is frozen and cannot be searched")
-    scale = data.get("scale", "log")
-    if scale not in _SCALES:
-        raise ConfigError(f"{where}.scale: expected one of {', '.join(_SCALES)}, got {scale!r}")
-    if scale == "categorical":
-        choices = data.get("choices")
-        if not isinstance(choices, list) or len(choices) < 2:
-            raise ConfigError(f"{where}.choices: a categorical knob needs a list of 2+ choices")
-        return Knob(name=name, key=key, scale=scale, choices=tuple(choices))
-    rng = data.get("range")
-    if (not isinstance(rng, list) or len(rng) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)):
-        raise ConfigError(f"{where}.range: expected [low, high], got {rng!r}")
-    low, high = float(rng[0]), float(rng[1])
-    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-        raise ConfigError(f"{where}.range: expected low < high, got {rng!r}")
-    step = data.get("step")
-    if isinstance(step, bool) or not isinstance(step, (int, float)):
-        raise ConfigError(f"{where}.step: expected a number, got {step!r}")
-    step = float(step)
-    integer = data.get("integer", False)
-    if not isinstance(integer, bool):
-        raise ConfigError(f"{where}.integer: expected true or false, got {integer!r}")
-    min_positive = data.get("min_positive")
-    if scale == "log":
-        if step <= 1.0:
-            raise ConfigError(f"{where}.step: a log knob's step is a factor > 1, got {step!r}")
-        if low < 0:
-            raise ConfigError(f"{where}.range: a log knob's range starts at 0 or above, "
-                              f"got {rng!r}")
-        if low == 0:
-            if (isinstance(min_positive, bool) or not isinstance(min_positive, (int, float))
-                    or not 0 < min_positive < high):
-                raise ConfigError(f"{where}.min_positive: a log knob whose range starts at 0 "
-                                  f"needs 0 < min_positive < {high}, got {min_positive!r}")
-            min_positive = float(min_positive)
-    else:
-        if step <= 0:
-            raise ConfigError(f"{where}.step: expected a positive step, got {step!r}")
-        if min_positive is not None:
-            raise ConfigError(f"{where}.min_positive: only a log knob takes min_positive")
-        if scale == "int" and not (low.is_integer() and high.is_integer() and step.is_integer()):
-            raise ConfigError(f"{where}: an int knob takes integer range and step")
-    return Knob(name=name, key=key, low=low, high=high, scale=scale, step=step,
-                min_positive=min_positive, integer=integer)
+    return knob
 
 
 def _build_search(where: str, data: Any) -> SearchConfig:
@@ -592,7 +401,17 @@ def _build_search(where: str, data: Any) -> SearchConfig:
     n_iter_block = _check_value(where, "n_iter_block", data.get("n_iter_block", 12), _i(1, 10_000))
     ucb_c = _check_value(where, "ucb_c", data.get("ucb_c", 1.414), _f(0.0, 1e6))
     n_trials = _check_value(where, "n_trials", data.get("n_trials", 12), _i(1, 1_000_000))
-    return SearchConfig(knobs=knobs, n_iter_block=n_iter_block, ucb_c=ucb_c, n_trials=n_trials)
+    roles = None
+    if "roles" in data:
+        # The rules that step a declared knob (replicate, initial-spread, duration,
+        # degeneracy-break) learn its name here, so a knob renamed in the file without its role
+        # is an error, not a rule that silently stops.
+        try:
+            roles = Roles.from_mapping(data["roles"], [k.name for k in knobs])
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+    return SearchConfig(knobs=knobs, n_iter_block=n_iter_block, ucb_c=ucb_c, n_trials=n_trials,
+                        roles=roles)
 
 
 def _check_cross(where: str, cfg: Config, *, check_frozen: bool) -> None:

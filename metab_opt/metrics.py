@@ -87,6 +87,8 @@ __all__ = [
     "mlp_sub_metrics",
     "mlp_node_truth",
     "mlp_node_metrics",
+    "CONVERGED_R2",
+    "FAILED_R2",
     "classify",
     "degeneracy_gap",
     "diagnose",
@@ -95,6 +97,11 @@ __all__ = [
 
 OUTLIER_THRESHOLD = 0.3
 """|log10 k_learned - log10 k_true| above which a reaction is an outlier (decades)."""
+
+CONVERGED_R2 = 0.9
+""":func:`classify`: converged strictly above this rate_constants_R2."""
+FAILED_R2 = 0.1
+""":func:`classify`: failed strictly below this rate_constants_R2 (partial in between)."""
 
 DIAGNOSES = ("healthy", "degenerate", "severely degenerate", "failed", "poor dynamics")
 """Every value :func:`diagnose` can return."""
@@ -374,9 +381,9 @@ def classify(r2: float | None) -> str:
     if r2 is None or not _finite(r2):
         return "failed"
     r = float(r2)
-    if r > 0.9:
+    if r > CONVERGED_R2:
         return "converged"
-    if r >= 0.1:
+    if r >= FAILED_R2:
         return "partial"
     return "failed"
 

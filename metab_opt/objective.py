@@ -194,11 +194,9 @@ class Objective:
     def _mark_retry(trial: Any) -> None:
         """A trial re-queued after its worker died carries the dead trial's sampler attrs
         (RetryHeartbeatStaleTrialCallback copies them): renumber it as its own node."""
-        try:  # Optuna 5's Trial has no system_attrs: read them from the storage
-            system = trial.storage.get_trial_system_attrs(trial._trial_id)
-        except AttributeError:  # a FrozenTrial or a FixedTrial (optuna.trial.FixedTrial)
-            system = getattr(trial, "system_attrs", {})
-        original = system.get("failed_trial")
+        from metab_opt._optuna_internals import retried_trial, trial_system_attrs
+
+        original = retried_trial(trial_system_attrs(trial))
         if original is None:
             return
         trial.set_user_attr("retry_of", original)

@@ -1,14 +1,9 @@
 """The batched trainer and the end-of-run evaluation.
 
 One step draws ``batch_size`` random training frames, runs them through the model in one batched
-pass, and takes an Adam step on::
-
-    loss = MSE(dc/dt)                                           (prediction)
-         + coeff_MLP_sub_diff · Σ_s Σ_g relu(f(c_g, s) - f(c_{g+1}, s))   (monotonicity)
-         + coeff_MLP_node_L1  · mean |MLP_node|                 (small homeostasis)
-         + coeff_k_center     · (mean log_k - centre)²          (scale anchor on k)
-         + coeff_k_floor      · Σ_j relu(k_floor_threshold - log_k_j)²
-         + coeff_MLP_sub_norm · (f(c=1, |s|=1) - 1)²             (scale anchor on MLP_sub)
+pass, and takes an Adam step on ``Σ_t w_t · term_t``, the prediction MSE of dc/dt plus the
+weighted regularizers: the terms, their weights' config keys and their gradients are declared
+once, in :mod:`metab_opt.losses` (:data:`~metab_opt.losses.LOSS_TERMS`).
 
 Parameter groups: log_k -> learning_rate_k; MLP_node and the embeddings -> learning_rate_node;
 MLP_sub -> learning_rate_sub; anything else -> learning_rate_start.
@@ -36,9 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metab_opt import losses
 from metab_opt import metrics as M
 from metab_opt._fused import FusedLoss, fused_supported
 from metab_opt.config import Config
+from metab_opt.losses import LossInputs
 from metab_opt.model import MetabolismGNN, build_graph
 from metab_opt.simulation import Dataset
 
@@ -56,7 +53,8 @@ __all__ = [
     "train",
 ]
 
-TERMS = ("loss", "MLP_sub_diff", "MLP_node_L1", "k_center", "k_floor", "MLP_sub_norm")
+# The loss terms' names, in the order of every term vector (losses.LOSS_TERMS).
+TERMS = losses.TERM_NAMES
 
 
 class TrainingDiverged(RuntimeError):
@@ -242,26 +240,18 @@ def _r2_now(model: MetabolismGNN, log_k_true: np.ndarray) -> float:
 
 def term_weights(cfg: Config, device: torch.device | str = "cpu") -> Tensor:
     """The weight of each of :data:`TERMS` in the total loss (1 for the prediction loss)."""
-    t = cfg.training
-    return torch.tensor([1.0, t.coeff_MLP_sub_diff, t.coeff_MLP_node_L1, t.coeff_k_center,
-                         t.coeff_k_floor, t.coeff_MLP_sub_norm], device=device)
+    return torch.tensor(losses.weights(cfg.training), device=device)
 
 
 def _step_terms(model: MetabolismGNN, c: Tensor, y: Tensor, cfg: Config,
                 k_center: float) -> Tensor:
-    """The six loss terms of one batch, unweighted, as a (6,) tensor."""
-    t = cfg.training
+    """The loss terms of one batch, unweighted, as a (len(TERMS),) tensor, through autograd's
+    ops (each term's ``value``); ``k_center`` is the centre of the k_center term."""
     parts = model.forward_parts(c)
-    zero = parts.dcdt.new_zeros(())
-    pred = torch.mean((parts.dcdt - y) ** 2)
-    sub_diff = torch.relu(parts.grid_sub[:, :-1] - parts.grid_sub[:, 1:]).sum() \
-        if t.coeff_MLP_sub_diff else zero
-    node_l1 = parts.node_out.abs().mean() if t.coeff_MLP_node_L1 else zero
-    k_center = (model.log_k.mean() - k_center) ** 2 if t.coeff_k_center else zero
-    k_floor = (torch.relu(t.k_floor_threshold - model.log_k) ** 2).sum() \
-        if t.coeff_k_floor else zero
-    sub_norm = (parts.norm_point - 1.0) ** 2 if t.coeff_MLP_sub_norm else zero
-    return torch.stack([pred, sub_diff, node_l1, k_center, k_floor, sub_norm])
+    x = LossInputs(r=parts.dcdt - y, node_out=parts.node_out, log_k=model.log_k,
+                   grid=parts.grid_sub, norm=parts.norm_point, training=cfg.training,
+                   log_k_center=k_center)
+    return losses.evaluate(x, losses.weights(cfg.training))
 
 
 def train(ds: Dataset, cfg: Config, *, device: str | torch.device = "auto",
@@ -302,7 +292,7 @@ def cpu_threads(n: int | None) -> Iterator[None]:
 
 class _Step:
     """One training step: draw ``batch_size`` frames, take an Adam step on them, and return the
-    six unweighted terms (detached, on the device). What the eager and graphed steps share."""
+    unweighted terms (detached, on the device). What the eager and graphed steps share."""
 
     graphed = False
     fused = False

@@ -28,7 +28,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def study(tmp_path_factory: pytest.TempPathFactory, tiny_data_root: Path) -> dict[str, Any]:
     """A 3-trial tiny study whose trial 1 repeats trial 0's params with another training seed
     (a replicate group of two) and trial 2 is the sampler's own."""
-    from metab_opt.study import run_study
+    from metab_opt.runner import run_study
 
     root = tmp_path_factory.mktemp("best")
     cfg = load_config(TINY)
@@ -49,8 +49,9 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 def test_best_exports_the_incumbent_and_train_reproduces_it(
         study: dict[str, Any], tmp_path: Path, tiny_data_root: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from metab_opt import _ucb as ucb
+    from metab_opt import ucbtree
     from metab_opt.sampler import UCBMutationSampler
+    from metab_opt.trial_record import read_nodes
 
     root, cfg = study["root"], study["cfg"]
     out = tmp_path / "best.yaml"
@@ -60,9 +61,9 @@ def test_best_exports_the_incumbent_and_train_reproduces_it(
     # The sampler's incumbent (the rule it acts on) is the exported group.
     trials = study["study"].get_trials(deepcopy=False)
     sampler = UCBMutationSampler.from_config(cfg, seed=0)
-    nodes = ucb.read_nodes(trials, sampler.base_params, cfg.search.names,
-                           [n for n in cfg.search.names if n != "seed"])
-    inc = ucb.incumbent(nodes)
+    nodes = read_nodes(trials, sampler.base_params, cfg.search.names,
+                       [n for n in cfg.search.names if n != sampler.roles.seed])
+    inc = ucbtree.incumbent(nodes)
     assert inc is not None
     members = [n.number for n in nodes if n.group == inc.node.group and n.finished]
     assert re.search(r"trials " + ", ".join(map(str, members)), text), text
@@ -107,7 +108,7 @@ def test_every_trial_folder_keeps_its_complete_config(study: dict[str, Any]) -> 
 def test_the_summary_names_the_incumbent(study: dict[str, Any],
                                          capsys: pytest.CaptureFixture[str]) -> None:
     from metab_opt.best import study_incumbent
-    from metab_opt.study import _print_summary
+    from metab_opt.cli import _print_summary
 
     s = study["study"]
     _print_summary(s, study["cfg"], str(study["root"]), 1.0)
@@ -138,7 +139,8 @@ def test_best_of_an_unknown_study_is_one_line(study: dict[str, Any], tmp_path: P
 
 def test_best_of_an_empty_study_is_one_line(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from metab_opt.study import open_storage, open_study
+    from metab_opt.storage import open_storage
+    from metab_opt.study import open_study
 
     cfg = load_config(TINY)
     url = f"sqlite:///{tmp_path / 'empty.db'}"

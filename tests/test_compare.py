@@ -22,6 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 from metab_opt import compare
 from metab_opt.cli import main
 from metab_opt.compare import build_report, parse_samplers, study_name
+from metab_opt.compare import run as compare_run
+from metab_opt.compare.results import counted
 from metab_opt.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +185,23 @@ def test_counted_trials_skip_interrupted_and_retried() -> None:
         frozen(7, TrialState.WAITING),
         frozen(8, TrialState.FAIL, user={"fail_reason": "aborted: RuntimeError: x"}),
     ]
-    assert [t.number for t in compare._counted(trials[::-1])] == [0, 1, 4, 5]
+    assert [t.number for t in counted(trials[::-1])] == [0, 1, 4, 5]
+
+
+def test_a_trial_r2_is_the_logbooks(tmp_path: Path) -> None:
+    """One definition of a trial's R² (:func:`metab_opt.logbook.trial_r2`): a failed trial has
+    none, a pruned one counts with its last report (a comparison runs without a pruner, so its
+    own studies never hold one)."""
+    storage = optuna.storages.InMemoryStorage()
+    study = _make(storage, "p", "ucb", 0, [0.3, FAIL])
+    study.add_trial(FrozenTrial(
+        number=-1, trial_id=-1, state=TrialState.PRUNED, value=None, datetime_start=_T0,
+        datetime_complete=_T0 + dt.timedelta(seconds=1), params={"x": 0.5, "flag": True},
+        distributions=_DISTS, user_attrs={}, system_attrs={}, intermediate_values={5: 0.6}))
+    rep = build_report(storage, "p", ["ucb"], 1, 3, command="c", out_dir=tmp_path)
+    (repeat,) = rep.summaries["ucb"].repeats
+    assert repeat.values == [0.3, None, 0.6]
+    assert repeat.failed == 1
 
 
 def test_parse_samplers() -> None:
@@ -212,7 +230,7 @@ def test_unknown_sampler_exit_2_nothing_written(tmp_path: Path,
 
 def test_missing_sampler_package_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compare, "_has_module", lambda name: name != "cmaes")
+    monkeypatch.setattr(compare_run, "_has_module", lambda name: name != "cmaes")
     root = tmp_path / "root"
     err = _one_line_error(capsys, ["compare", "--config", str(TINY), "--samplers", "ucb,cmaes",
                                    "--root", str(root)])

@@ -802,3 +802,85 @@ def test_rank50_best_is_the_documented_recipe() -> None:
     assert best.training.coeff_MLP_sub_norm == 1.0 and best.training.coeff_k_floor == 1.0
     assert best.training.learning_rate_sub == 5e-3 and best.training.coeff_k_center == 0.0
     assert best.training.n_steps(best.simulation.n_frames) == 20016
+
+
+# --- knob roles (search.roles) ---------------------------------------------------------------
+
+STANDARD_ROLES = {"seed": "seed", "duration": "data_augmentation_loop",
+                  "spread": ["lr_k", "lr_node", "lr_sub"],
+                  "degeneracy": {"lr_k": "up", "lr_node": "down", "lr_sub": "down"}}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_declares_the_standard_roles(path: Path) -> None:
+    # The roles the sampler's rules used by name before they were declared: with them, its
+    # decisions are those of tests/data/decisions.json.
+    roles = load_config(path).search.roles
+    assert roles is not None and roles.to_dict() == STANDARD_ROLES
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("search.roles", ["seed"], r"search\.roles: expected a mapping of role -> knob"),
+        ("search.roles.sede", "seed", r"search\.roles\.sede: unknown role \(did you mean "
+                                      r"'seed'\?\)"),
+        ("search.roles.seed", "sed", r"search\.roles\.seed: 'sed' is not a knob \(did you mean "
+                                     r"'seed'\?\)"),
+        ("search.roles.duration", "data_augmentation_lop",
+         r"search\.roles\.duration: 'data_augmentation_lop' is not a knob \(did you mean "
+         r"'data_augmentation_loop'\?\)"),
+        ("search.roles.spread", ["lr_k", "lr_nod"], r"search\.roles\.spread\[1\]: 'lr_nod' is "
+                                                    r"not a knob \(did you mean 'lr_node'\?\)"),
+        ("search.roles.spread", "lr_k", r"search\.roles\.spread: expected a list of knob names"),
+        ("search.roles.spread", ["seed"], r"search\.roles\.spread\[0\]: 'seed' is the seed knob"),
+        ("search.roles.degeneracy", {"lr_k": "sideways"},
+         r"search\.roles\.degeneracy\.lr_k: expected up or down, got 'sideways'"),
+        ("search.roles.degeneracy", {"lr_kk": "up"},
+         r"search\.roles\.degeneracy\.lr_kk: 'lr_kk' is not a knob \(did you mean 'lr_k'\?\)"),
+    ],
+)
+def test_bad_roles(tmp_path: Path, key: str, value: Any, match: str) -> None:
+    path = _write(tmp_path, _set(_raw(), key, value))
+    assert _load_error(path).startswith(f"{path}: ")
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_a_renamed_knob_is_an_error_not_a_rule_switched_off(tmp_path: Path) -> None:
+    raw = _raw()
+    knobs = raw["search"]["knobs"]
+    raw["search"]["knobs"] = {("lr_kinetic" if k == "lr_k" else k): v for k, v in knobs.items()}
+    msg = _load_error(_write(tmp_path, raw))
+    assert "search.roles.spread[0]: 'lr_k' is not a knob (did you mean" in msg
+
+
+def test_roles_are_optional_and_survive_a_dump(tmp_path: Path) -> None:
+    from metab_opt.config import dump_config
+
+    cfg = load_config(TINY)
+    again = load_config(_write(tmp_path, yaml.safe_load(dump_config(cfg)), "again.yaml"))
+    assert again.search.roles == cfg.search.roles
+    bare = load_config(_write(tmp_path, _set(_raw(), "search.roles", _DELETE), "bare.yaml"))
+    assert bare.search.roles is None
+    none = load_config(_write(tmp_path, _set(_raw(), "search.roles", {}), "none.yaml"))
+    assert none.search.roles is not None and none.search.roles.to_dict() == {}
+    assert (bare.search_space_hash() == none.search_space_hash() == cfg.search_space_hash())
+
+
+def test_the_sampler_takes_the_declared_roles(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    from metab_opt.sampler import UCBMutationSampler, standard_roles
+
+    declared = load_config(_write(tmp_path, _set(_raw(), "search.roles.spread", ["lr_sub"]),
+                                  "declared.yaml"))
+    assert UCBMutationSampler.from_config(declared).roles.spread == ("lr_sub",)
+    none = load_config(_write(tmp_path, _set(_raw(), "search.roles", {}), "none.yaml"))
+    assert UCBMutationSampler.from_config(none).roles.to_dict() == {}
+    # Undeclared: the standard roles (as before roles existed), and a warning that says so.
+    bare = load_config(_write(tmp_path, _set(_raw(), "search.roles", _DELETE), "bare.yaml"))
+    with caplog.at_level("WARNING"):
+        sampler = UCBMutationSampler.from_config(bare)
+    assert sampler.roles == standard_roles(bare.search.knobs)
+    assert sampler.roles.to_dict() == STANDARD_ROLES
+    assert "search.roles is not declared" in caplog.text

@@ -82,9 +82,9 @@ if kind == "training":  # arg: the n-th training of this process, the report to 
     tr.train = train
 
 elif kind == "logbook":  # arg: the n-th entry appended, where, the fraction written
-    import metab_opt.logbook as lb
+    from metab_opt.logbook import _callback, _journal
     nth, where, fraction = int(arg[0]), arg[1], float(arg[2])
-    real_append, real_atomic, appends = lb._append, lb.atomic_write, [0]
+    real_append, real_atomic, appends = _journal._append, _callback.atomic_write, [0]
 
     def _append(path, data):
         appends[0] += 1
@@ -107,7 +107,8 @@ elif kind == "logbook":  # arg: the n-th entry appended, where, the fraction wri
             os.write(fd, data[:max(1, int(len(data) * fraction))])
             die("in the middle of the memory file's rewrite")
         return real_atomic(path, data)
-    lb._append, lb.atomic_write = _append, _atomic_write
+    # The analysis log's appends (its journal), the memory file's rewrite (the callback's).
+    _journal._append, _callback.atomic_write = _append, _atomic_write
 
 elif kind == "dataset":  # arg: where in the build
     import numpy as np
@@ -190,7 +191,7 @@ def _resume(root: Path, data_root: Path, n_trials: int, killed_at: float) -> str
 def _trials(root: Path) -> list[Any]:
     import optuna
 
-    from metab_opt.study import default_storage_url, open_storage
+    from metab_opt.storage import default_storage_url, open_storage
 
     # Through open_storage, as a worker: it waits out a worker creating the tables.
     storage = open_storage(default_storage_url(root, STUDY))
@@ -385,7 +386,7 @@ def test_failing_trainings_fail_with_reason_and_are_never_parents(
     from optuna.trial import TrialState
 
     import metab_opt.objective as objective_mod
-    from metab_opt.study import run_study
+    from metab_opt.runner import run_study
 
     # One block for the whole study, so that UCB (not a block boundary) picks the parents.
     cfg = tiny_config({"search.n_iter_block": 12})
@@ -537,7 +538,7 @@ def test_unwritable_study_folder_keeps_results_and_repairs_views(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from optuna.trial import TrialState
 
-    from metab_opt.study import run_study
+    from metab_opt.runner import run_study
 
     root = tmp_path / "root"
     # The storage lives elsewhere (a database server, another disk): the study folder is not.

@@ -9,6 +9,7 @@ import torch
 
 from metab_opt._fused import FusedLoss, fused_supported
 from metab_opt.config import Config
+from metab_opt.losses import LOSS_TERMS
 from metab_opt.training import (
     GroupAdam,
     _make_step,
@@ -18,7 +19,9 @@ from metab_opt.training import (
     term_weights,
 )
 
-ALL_ON = {"coeff_MLP_sub_diff": 5.0, "coeff_MLP_node_L1": 1.0, "coeff_k_center": 2.0,
+# Every registered regularizer on (1.0 unless listed).
+ALL_ON = {**{t.weight: 1.0 for t in LOSS_TERMS if t.weight is not None},
+          "coeff_MLP_sub_diff": 5.0, "coeff_MLP_node_L1": 1.0, "coeff_k_center": 2.0,
           "coeff_k_floor": 3.0, "coeff_MLP_sub_norm": 1.5,
           # Above the initial log_k (about -1.5), so that k_floor's gradient is not all 0.
           "k_floor_threshold": -1.45}

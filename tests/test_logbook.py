@@ -35,6 +35,8 @@ from metab_opt.config import Config, load_config
 from metab_opt.logbook import (
     MEMORY_MAX_LINES,
     Logbook,
+    _callback,
+    _journal,
     format_entry,
     format_ucb_scores,
     param_importances,
@@ -195,7 +197,12 @@ def add_trials(study: optuna.Study, explorer: Explorer, n: int) -> None:
 
 def fake_ucb(study: Any) -> list[dict[str, Any]]:
     """The current block's finished nodes ranked by R² + 1/(1 + n); empty at a block boundary."""
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    return fake_rows(study.get_trials(deepcopy=False))
+
+
+def fake_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """:func:`fake_ucb` of a list of trials."""
+    finished = [t for t in trials if t.state.is_finished()]
     if not finished or len(finished) % N_BLOCK == 0:
         return []
     block = max(t.user_attrs.get("block", 0) for t in finished)
@@ -211,10 +218,10 @@ def fake_ucb(study: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (-r["ucb"], r["node"]))
 
 
-def fake_next_parent(study: Any) -> int:
-    """The Explorer's next parent, as far as the logbook needs one: the fake table's top node
-    (-1, the root, at a block boundary)."""
-    rows = fake_ucb(study)
+def fake_next_parent(study: Any, trials: list[FrozenTrial]) -> int:
+    """The Explorer's next parent after ``trials``, as far as the logbook needs one: the fake
+    table's top node (-1, the root, at a block boundary)."""
+    rows = fake_rows(trials)
     return int(rows[0]["node"]) if rows else -1
 
 
@@ -426,10 +433,10 @@ def test_a_new_study_of_the_same_name_starts_a_new_log(tmp_path: Path, config: C
 
 
 def test_study_fingerprints() -> None:
-    assert lb._same_study("2026-01-02T03:04:05.123456", "2026-01-02T03:04:05.123456")
-    assert lb._same_study("2026-01-02T03:04:05.123456", "2026-01-02T03:04:05")  # truncated
-    assert not lb._same_study("2026-01-02T03:04:05.123456", "2026-01-02T03:04:05.654321")
-    assert not lb._same_study("2026-01-02T03:04:05", "2026-01-02T03:04:06")
+    assert _journal._same_study("2026-01-02T03:04:05.123456", "2026-01-02T03:04:05.123456")
+    assert _journal._same_study("2026-01-02T03:04:05.123456", "2026-01-02T03:04:05")  # cut
+    assert not _journal._same_study("2026-01-02T03:04:05.123456", "2026-01-02T03:04:05.654321")
+    assert not _journal._same_study("2026-01-02T03:04:05", "2026-01-02T03:04:06")
 
 
 def test_orphans_are_caught_up_by_later_callbacks(tmp_path: Path, config: Config) -> None:
@@ -519,6 +526,73 @@ def test_mutation_effects_are_measured_from_params(config: Config) -> None:
     assert "- lr_k: down not tried yet" in memory
     assert "- sub_through_origin: -> false, -> true not tried yet" in memory
     assert "tried once only (unconfirmed): " in memory
+
+
+def test_replicate_groups_leave_out_the_configs_seed_knob(config: Config) -> None:
+    """The training seed's knob is the config's role, not whatever knob is named seed."""
+    import dataclasses
+
+    from metab_opt.ucbtree import Roles
+
+    base = config.base_params()
+    dists = {k.name: k.distribution() for k in config.search.knobs}
+    trials = []
+    for number, (r2, seed) in enumerate([(0.6, 1), (0.7, 2), (0.65, 3)]):
+        t = optuna.trial.create_trial(state=TrialState.COMPLETE, value=r2,
+                                      params={**base, "seed": seed}, distributions=dists)
+        t.number = number
+        trials.append(t)
+    (group,) = lb.replicate_groups(trials, config=config)  # roles: seed: seed
+    assert [n.number for n in group.runs] == [0, 1, 2]
+    no_seed = dataclasses.replace(config, search=dataclasses.replace(config.search,
+                                                                     roles=Roles()))
+    groups = lb.replicate_groups(trials, config=no_seed)  # no seed role: each run alone
+    assert [[n.number for n in g.runs] for g in groups] == [[1], [2], [0]]
+    # Without a config, a knob named seed is the training seed.
+    assert len(lb.replicate_groups(trials, names=config.search.names, base_params=base)) == 1
+
+
+def test_one_knob_lines_are_the_samplers_direction_memory(config: Config) -> None:
+    """The memory's one-knob lines count the moves the sampler's direction memory learns from;
+    where failures make its mean differ from the one shown, the line gives the sampler's."""
+    from metab_opt.sampler import UCBMutationSampler
+    from metab_opt.trial_record import read_nodes
+    from metab_opt.ucbtree._mutation import direction_memory
+
+    sampler = UCBMutationSampler.from_config(config, seed=2)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {name: suggest(trial, name, dist)
+                  for name, dist in sampler.search_space.items()}
+        if trial.number % 5 == 4:
+            raise ValueError("boom")
+        return synthetic_r2(params, random.Random(trial.number))
+
+    study.optimize(objective, n_trials=40, catch=(ValueError,))
+    trials = study.get_trials(deepcopy=False)
+    memory = make_logbook(Path("unused"), config).render_memory(trials)
+    names = config.search.names
+    nodes = read_nodes(trials, sampler.base_params, names,
+                       [n for n in names if n != sampler.roles.seed])
+    gains = direction_memory(nodes, {n.number: n for n in nodes}, sampler.knobs,
+                             sampler.base_params).gains
+    numeric = {k.name for k in sampler.knobs if k.scale != "categorical"}
+    checked = 0
+    for name, by_direction in gains.items():
+        if name not in numeric or name == sampler.roles.seed:
+            continue
+        for direction, (total, count) in by_direction.items():
+            word = "up" if direction > 0 else "down"
+            (line,) = [ln for ln in memory.splitlines() if ln.startswith(f"- {name} {word}: ")]
+            assert f": {count} {'try' if count == 1 else 'tries'}, " in line, line
+            shown = re.search(r"sampler's mean ΔR² ([+-]\d\.\d{3})", line) or re.search(
+                r"mean ΔR² ([+-]\d\.\d{3})", line)
+            assert shown is not None, line
+            assert float(shown.group(1)) == pytest.approx(total / count, abs=5e-4), line
+            checked += 1
+    assert checked >= 3
+    assert "sampler's mean ΔR²" in memory  # the failures made a difference somewhere
 
 
 def test_param_importances_guards() -> None:
@@ -694,8 +768,9 @@ def test_disk_errors_warn_and_sync_repairs(tmp_path: Path, config: Config,
         raise OSError(errno.EROFS, "Read-only file system", str(book.analysis_path))
 
     with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
-        patch.setattr(lb, "_append", refuse)
-        patch.setattr(lb, "atomic_write", refuse)
+        patch.setattr(_journal, "_append", refuse)
+        patch.setattr(_journal, "atomic_write", refuse)
+        patch.setattr(_callback, "atomic_write", refuse)
         run_trials(study, explorer, 2, [book])  # no exception reaches Optuna
     warnings = [r for r in caplog.records
                 if r.name == "metab_opt.logbook" and r.levelno >= logging.WARNING]
@@ -769,7 +844,7 @@ WORKER = textwrap.dedent("""
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.load_study(study_name="demo", storage=storage,
                               sampler=optuna.samplers.RandomSampler(seed=worker))
-    book = Logbook(folder, "demo", ucb_scores=lambda s: [], next_parent=lambda s: None,
+    book = Logbook(folder, "demo", ucb_scores=lambda s: [], next_parent=lambda s, t: None,
                    draw_tree=False, raise_errors=True)
 
     def objective(trial):

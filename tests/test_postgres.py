@@ -189,7 +189,7 @@ def test_missing_driver_names_the_extra(tmp_path: Path, capsys: pytest.CaptureFi
 def _load(url: str) -> Any:
     import optuna
 
-    from metab_opt.study import open_storage
+    from metab_opt.storage import open_storage
 
     # Through open_storage, as the workers: a bare postgresql:// URL means psycopg (3) to
     # SQLAlchemy 2.1, and the extra installs psycopg2.
@@ -307,7 +307,7 @@ def test_dashboard_on_the_same_url(postgres_url: str, tmp_path: Path) -> None:
     """``metab-opt dashboard <name> --storage <url>`` serves a study stored on the server."""
     import optuna
 
-    from metab_opt.study import open_storage
+    from metab_opt.storage import open_storage
 
     optuna.create_study(study_name="dash", storage=open_storage(postgres_url),
                         direction="maximize",

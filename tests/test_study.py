@@ -429,9 +429,9 @@ def _sampler_failing_at(monkeypatch: pytest.MonkeyPatch, number: int,
                         exc: BaseException) -> None:
     """The study's sampler raises ``exc`` while it decides trial ``number`` (after Optuna has
     created the trial RUNNING)."""
-    import metab_opt.study as study_mod
+    import metab_opt.runner as runner
 
-    make = study_mod.make_sampler
+    make = runner.make_sampler
 
     def make_failing(kind: str, cfg: Any, seed: int | None) -> Any:
         sampler = make(kind, cfg, seed)
@@ -445,7 +445,7 @@ def _sampler_failing_at(monkeypatch: pytest.MonkeyPatch, number: int,
         sampler.before_trial = before_trial
         return sampler
 
-    monkeypatch.setattr(study_mod, "make_sampler", make_failing)
+    monkeypatch.setattr(runner, "make_sampler", make_failing)
 
 
 @pytest.mark.parametrize(
@@ -457,7 +457,7 @@ def _sampler_failing_at(monkeypatch: pytest.MonkeyPatch, number: int,
 def test_no_trial_left_running_when_the_sampler_fails(
         tmp_path: Path, tiny_cfg: Any, fake_objective: None, monkeypatch: pytest.MonkeyPatch,
         exc: BaseException, reason: str) -> None:
-    from metab_opt.study import run_study
+    from metab_opt.runner import run_study
 
     _sampler_failing_at(monkeypatch, 1, exc)
     with pytest.raises(type(exc)):
@@ -470,7 +470,7 @@ def test_no_trial_left_running_when_the_sampler_fails(
 
 def test_normal_exit_leaves_no_trial_running(tmp_path: Path, tiny_cfg: Any,
                                              fake_objective: None) -> None:
-    from metab_opt.study import run_study
+    from metab_opt.runner import run_study
 
     study = run_study(tiny_cfg, root=tmp_path, n_trials=3, progress=False)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
@@ -496,7 +496,7 @@ def test_a_worker_losing_the_race_to_create_a_sqlite_storage_retries(
     exit 2 (seen in about 1 of 16 openings by 4 processes at once). It must retry instead."""
     import sqlalchemy.exc
 
-    import metab_opt.study as study_mod
+    from metab_opt.storage import open_storage
 
     real = optuna.storages.RDBStorage
     calls = []
@@ -510,7 +510,7 @@ def test_a_worker_losing_the_race_to_create_a_sqlite_storage_retries(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", lose_once)
-    storage = study_mod.open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
     assert len(calls) == 2
     assert storage.get_all_studies() == []
 

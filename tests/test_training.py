@@ -14,6 +14,7 @@ import torch
 
 from metab_opt import metrics as M
 from metab_opt.config import Config
+from metab_opt.losses import LOSS_TERMS
 from metab_opt.objective import HEADLINE, run_training
 from metab_opt.simulation import Dataset
 from metab_opt.training import (
@@ -27,12 +28,14 @@ from metab_opt.training import (
     param_groups,
     rollout,
     select_device,
+    term_weights,
     train,
 )
 
-COEFFS = ("coeff_MLP_sub_diff", "coeff_MLP_node_L1", "coeff_k_center", "coeff_k_floor",
-          "coeff_MLP_sub_norm")
-TERM_OF = dict(zip(COEFFS, TERMS[1:]))  # coefficient -> the term it weighs
+# Every regularizer's coefficient, and coefficient -> the term it weighs (from the registry,
+# so that a new term is covered by the tests below without editing them).
+TERM_OF = {t.weight: t.name for t in LOSS_TERMS if t.weight is not None}
+COEFFS = tuple(TERM_OF)
 PNGS = ("tmp_training/function/substrate_func/MLP_sub_{step:07d}.png",
         "tmp_training/function/rate_func/MLP_node_{step:07d}.png",
         "tmp_training/rate/rate_constants_{step:07d}.png",
@@ -48,12 +51,6 @@ def with_training(cfg: Config, **values: object) -> Config:
 
 def with_graph(cfg: Config, **values: object) -> Config:
     return dataclasses.replace(cfg, graph_model=dataclasses.replace(cfg.graph_model, **values))
-
-
-def coeff_tensor(cfg: Config) -> torch.Tensor:
-    t = cfg.training
-    return torch.tensor([1.0, t.coeff_MLP_sub_diff, t.coeff_MLP_node_L1, t.coeff_k_center,
-                         t.coeff_k_floor, t.coeff_MLP_sub_norm])
 
 
 def as_tensors(ds: Dataset, idx) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,7 +70,7 @@ def draws(n: int, n_frames: int, size: int = 8, seed: int = 0) -> list[np.ndarra
 
 def take_step(model, opt, ds: Dataset, cfg: Config, idx) -> None:
     opt.zero_grad()
-    (step_terms(model, ds, cfg, idx) * coeff_tensor(cfg)).sum().backward()
+    (step_terms(model, ds, cfg, idx) * term_weights(cfg)).sum().backward()
     opt.step()
 
 
@@ -279,23 +276,24 @@ def test_terms_by_hand(tiny_config, tiny_dataset) -> None:
     with torch.no_grad():  # a live MLP_node so that its L1 term is not trivially 0
         model.mlp_node.last.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(1))
     c, y = as_tensors(tiny_dataset, slice(100, 108))
-    got = step_terms(model, tiny_dataset, cfg, slice(100, 108)).detach()
+    got = dict(zip(TERMS, step_terms(model, tiny_dataset, cfg, slice(100, 108)).detach()))
     with torch.no_grad():
         grid = model.sub_grid
         sub_diff = sum(torch.relu(f[:-1] - f[1:]).sum() for f in (
             model.substrate_function(grid, torch.full_like(grid, s)) for s in model.powers))
         one = torch.tensor(1.0)
         lk = model.log_k
-        want = torch.stack([
-            ((model(c) - y) ** 2).mean(),
-            torch.as_tensor(sub_diff),
-            model.node_function(c).abs().mean(),
-            (lk.mean() - cfg.simulation.log_k_center) ** 2,
-            (torch.relu(cfg.training.k_floor_threshold - lk) ** 2).sum(),
-            (model.substrate_function(one, one) - 1.0) ** 2,
-        ])
-    assert (got[[0, 2, 3, 5]] > 0).all()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        want = {
+            "loss": ((model(c) - y) ** 2).mean(),
+            "MLP_sub_diff": torch.as_tensor(sub_diff),
+            "MLP_node_L1": model.node_function(c).abs().mean(),
+            "k_center": (lk.mean() - cfg.simulation.log_k_center) ** 2,
+            "k_floor": (torch.relu(cfg.training.k_floor_threshold - lk) ** 2).sum(),
+            "MLP_sub_norm": (model.substrate_function(one, one) - 1.0) ** 2,
+        }
+    assert all(got[name] > 0 for name in ("loss", "MLP_node_L1", "k_center", "MLP_sub_norm"))
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("threshold", [-2.5, -2.0])
@@ -406,9 +404,7 @@ def test_history_layout(tiny_cfg, tiny_dataset) -> None:
     assert res.history_steps.tolist() == list(range(5, 51, 5))
     assert all(v.shape == (10,) and np.isfinite(v).all() for v in res.history.values())
     t = tiny_cfg.training
-    weights = [t.coeff_MLP_sub_diff, t.coeff_MLP_node_L1, t.coeff_k_center, t.coeff_k_floor,
-               t.coeff_MLP_sub_norm]
-    regul = sum(w * res.history[k] for w, k in zip(weights, TERMS[1:]))
+    regul = sum(getattr(t, coeff) * res.history[name] for coeff, name in TERM_OF.items())
     np.testing.assert_allclose(res.history["regul_total"], regul, rtol=1e-5, atol=1e-9)
 
 

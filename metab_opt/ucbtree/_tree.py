@@ -1,36 +1,48 @@
 """The exploration tree as it stands in the storage: nodes, blocks, incumbent and PUCT scores.
 
 Everything here is a pure function of the trials read from the storage, so that every worker
-(thread or process) that reads the same storage computes the same tree. The sampler writes one
-record per trial (``RECORD_KEY`` in the trial's system attrs) and this module reads it back.
+(thread or process) that reads the same storage computes the same tree. Values keep the
+objective's units; every comparison goes through a node's ``score`` (``sign * value``, sign +1
+for a maximized study and -1 for a minimized one), so "higher is better" holds throughout.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from metab_opt.config import Knob
+from ._record import (
+    FINISHED,
+    RECORD_KEY,
+    VIRTUAL_ROOT,
+    intermediate_curve,
+    is_failed,
+    trial_value,
+)
 
-# The sampler's own state, one JSON dict per trial (parent, block, root, strategy, changes,
-# params, ...). Namespaced like Optuna's GA samplers do with "NSGAIISampler:generation".
-RECORD_KEY = "metab_opt:ucb:node"
-
-# ``parent_id`` of a node whose parent is the config's base values rather than a trial: the
-# root-run of block 1 itself, and nodes created before that root-run existed.
-VIRTUAL_ROOT = -1
-
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def is_seed_knob(knob: Knob) -> bool:
-    """The training seed: it changes only under the ``replicate`` rule."""
-    return knob.name == "seed" or knob.key == "training.seed"
+__all__ = [
+    "Group",
+    "Incumbent",
+    "Node",
+    "Score",
+    "Tree",
+    "block_of",
+    "block_start",
+    "build_tree",
+    "canonical",
+    "completion_order",
+    "incumbent",
+    "params_key",
+    "rank_groups",
+    "read_node",
+    "read_nodes",
+    "resolve_root",
+]
 
 
 def canonical(value: Any) -> Any:
@@ -51,20 +63,27 @@ class Node:
     number: int
     state: TrialState
     params: Mapping[str, Any]
-    # Finished: the trial's R² (the last reported value for a pruned trial, 0.0 for a failed
-    # one). Running: None.
-    r2: float | None
+    # Finished: what the trial counts as (trial_value: the last report of a pruned trial, the
+    # sampler's failed value for a failed one, which may be None). Running: None.
+    value: float | None
     failed: bool
-    test_pearson: float | None
     intermediate: tuple[tuple[int, float], ...]
     completed: datetime | None
     record: Mapping[str, Any] | None
     key: tuple[Any, ...]  # params_key over every knob: identical params sets share it
     group: tuple[Any, ...]  # params_key over every knob but the seed: the replicate group
+    score: float | None  # sign * value: higher is better whatever the study's direction
+    # The trial itself, for callers' own readings (a problem's diagnosis, its user attrs).
+    trial: FrozenTrial = field(compare=False, repr=False)
+
+    @property
+    def r2(self) -> float | None:
+        """metab_opt's name for :attr:`value` (its objective is an R²); its logbook reads it."""
+        return self.value
 
     @property
     def finished(self) -> bool:
-        return self.state in _FINISHED
+        return self.state in FINISHED
 
     @property
     def can_be_parent(self) -> bool:
@@ -98,23 +117,10 @@ class Node:
         root = None if self.record is None else self.record.get("root")
         return None if root is None else int(root)
 
-    @property
-    def gap(self) -> float | None:
-        """The degeneracy gap ``test_pearson - R²``; None without a test_pearson."""
-        if self.failed or self.r2 is None or self.test_pearson is None:
-            return None
-        return self.test_pearson - self.r2
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
 
 def read_node(trial: FrozenTrial, base_params: Mapping[str, Any], names: Sequence[str],
-              group_names: Sequence[str]) -> Node | None:
+              group_names: Sequence[str], *, sign: float = 1.0,
+              failed_value: float | None = None) -> Node | None:
     """The node of a trial, or None for a trial that is not (yet) part of the tree.
 
     A waiting trial has not started; a running trial without a record is being decided right
@@ -130,48 +136,43 @@ def read_node(trial: FrozenTrial, base_params: Mapping[str, Any], names: Sequenc
         params.update(record["params"])
     # The values the objective actually received win over the proposal.
     params.update({k: v for k, v in trial.params.items() if k in params})
-    r2: float | None = None
-    failed = False
-    intermediate = tuple(sorted((int(s), float(v)) for s, v in trial.intermediate_values.items()
-                                if _finite(v) is not None))
-    if trial.state == TrialState.COMPLETE:
-        r2 = _finite(trial.value)
-    elif trial.state == TrialState.PRUNED:
-        r2 = intermediate[-1][1] if intermediate else None
-    if trial.state in _FINISHED and r2 is None:
-        failed, r2 = True, 0.0
+    value = trial_value(trial, failed_value=failed_value)
     return Node(
         number=trial.number,
         state=trial.state,
         params=params,
-        r2=r2,
-        failed=failed,
-        test_pearson=_finite(trial.user_attrs.get("test_pearson")),
-        intermediate=intermediate,
+        value=value,
+        failed=is_failed(trial),
+        intermediate=intermediate_curve(trial),
         completed=trial.datetime_complete,
         record=record,
         key=params_key(params, names),
         group=params_key(params, group_names),
+        score=None if value is None else sign * value,
+        trial=trial,
     )
 
 
 def read_nodes(trials: Iterable[FrozenTrial], base_params: Mapping[str, Any],
                names: Sequence[str], group_names: Sequence[str],
-               cache: MutableMapping[int, Node] | None = None) -> list[Node]:
+               cache: MutableMapping[int, Node] | None = None, *, sign: float = 1.0,
+               failed_value: float | None = None) -> list[Node]:
     """The nodes of ``trials``, by trial number.
 
-    ``cache`` (trial id -> node) keeps the nodes of finished trials, which never change: a
-    decision then parses only the trials that finished since the last one.
+    ``cache`` (trial number -> node, for one study and one direction) keeps the nodes of
+    finished trials, which never change: a decision then parses only the trials that finished
+    since the last one.
     """
     nodes = []
     for t in trials:
-        node = cache.get(t._trial_id) if cache is not None else None
+        node = cache.get(t.number) if cache is not None else None
         if node is None:
-            node = read_node(t, base_params, names, group_names)
+            node = read_node(t, base_params, names, group_names, sign=sign,
+                             failed_value=failed_value)
             if node is None:
                 continue
             if cache is not None and node.finished:
-                cache[t._trial_id] = node
+                cache[t.number] = node
         nodes.append(node)
     nodes.sort(key=lambda n: n.number)
     return nodes
@@ -198,12 +199,18 @@ def block_start(block: int, n_iter_block: int) -> int:
 
 @dataclass(frozen=True)
 class Group:
-    """A replicate group: the finished trials with the same params except for the training
-    seed. Its value is the mean R² of its finished runs (a failed run counts 0, a pruned run
-    its last report: :func:`read_node`)."""
+    """A replicate group: the finished trials with the same params except for the seed knob.
+    Its value is the mean value of its finished runs that have one (a failed run counts the
+    sampler's failed value, a pruned run its last report: :func:`read_node`)."""
 
     runs: tuple[Node, ...]  # the finished members, by trial number
-    mean_r2: float
+    mean: float
+    score: float  # the mean of the runs' scores: sign * mean
+
+    @property
+    def mean_r2(self) -> float:
+        """metab_opt's name for :attr:`mean` (its objective is an R²); its logbook reads it."""
+        return self.mean
 
     @property
     def node(self) -> Node:
@@ -212,18 +219,16 @@ class Group:
 
     @property
     def spread(self) -> float:
-        """The sample standard deviation of the runs' R² (0 for a single run)."""
-        values = [n.r2 for n in self.runs if n.r2 is not None]
+        """The sample standard deviation of the runs' values (0 for a single run)."""
+        values = [n.value for n in self.runs if n.value is not None]
         if len(values) < 2:
             return 0.0
-        return math.sqrt(sum((v - self.mean_r2) ** 2 for v in values) / (len(values) - 1))
+        return math.sqrt(sum((v - self.mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def rank_groups(nodes: Iterable[Node]) -> list[Group]:
-    """The replicate groups with at least one run that did not fail, best mean R² first (ties
-    to the group whose first run is older). The first is the study's incumbent: the sampler's
-    rules, the memory file's best configurations, ``metab-opt best`` and the end-of-run summary
-    all read it from here."""
+    """The replicate groups with at least one run that did not fail, best mean first (ties to
+    the group whose first run is older). The first is the study's incumbent."""
     members: dict[tuple[Any, ...], list[Node]] = {}
     for node in nodes:
         if node.finished:
@@ -233,9 +238,11 @@ def rank_groups(nodes: Iterable[Node]) -> list[Group]:
         if not any(m.can_be_parent for m in runs):
             continue
         runs.sort(key=lambda m: m.number)
-        mean = sum(m.r2 for m in runs if m.r2 is not None) / len(runs)
-        groups.append(Group(runs=tuple(runs), mean_r2=mean))
-    groups.sort(key=lambda g: (-g.mean_r2, g.node.number))
+        valued = [m for m in runs if m.value is not None and m.score is not None]
+        mean = sum(m.value for m in valued if m.value is not None) / len(valued)
+        score = sum(m.score for m in valued if m.score is not None) / len(valued)
+        groups.append(Group(runs=tuple(runs), mean=mean, score=score))
+    groups.sort(key=lambda g: (-g.score, g.node.number))
     return groups
 
 
@@ -244,20 +251,27 @@ class Incumbent:
     """The best replicate group, as the sampler sees it (running members included)."""
 
     node: Node  # the group's first trial that did not fail: the one children hang from
-    mean_r2: float
+    mean: float
+    score: float
     runs: int  # finished trials of the group
     members: int  # finished + running trials of the group
 
+    @property
+    def mean_r2(self) -> float:
+        """metab_opt's name for :attr:`mean` (its objective is an R²)."""
+        return self.mean
+
 
 def incumbent(nodes: Iterable[Node]) -> Incumbent | None:
-    """The best finished trial, ranked by the mean R² of its replicates; ties to the older."""
+    """The best finished trial, ranked by the mean value of its replicates; ties to the older."""
     nodes = list(nodes)
     ranked = rank_groups(nodes)
     if not ranked:
         return None
     best = ranked[0]
     members = sum(1 for n in nodes if n.group == best.node.group)
-    return Incumbent(node=best.node, mean_r2=best.mean_r2, runs=len(best.runs), members=members)
+    return Incumbent(node=best.node, mean=best.mean, score=best.score, runs=len(best.runs),
+                     members=members)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +293,7 @@ class Tree:
     """The current block's tree: its root and the block's nodes hanging from it."""
 
     block: int
-    root: int  # a trial number, or VIRTUAL_ROOT for the config's base values
+    root: int  # a trial number, or VIRTUAL_ROOT for the base values
     root_node: Node | None
     members: tuple[Node, ...]  # the block's nodes, running ones included (virtual loss)
     tree_parent: Mapping[int, int | None]
@@ -293,8 +307,8 @@ class Tree:
     def scores(self, c: float) -> list[Score]:
         """Candidate parents by UCB, best first; ties to the lower trial number.
 
-        ``UCB(u) = R2(u) + c * sqrt(N) / (1 + V(u))`` with ``V(u) = 1 + descendants of u in the
-        block``. Failed and running nodes are counted in N and V but are never candidates.
+        ``UCB(u) = score(u) + c * sqrt(N) / (1 + V(u))`` with ``V(u) = 1 + descendants of u in
+        the block``. Failed and running nodes are counted in N and V but are never candidates.
         """
         candidates = [m for m in self.members if m.can_be_parent]
         if (self.root_node is not None and self.root_node.can_be_parent
@@ -304,8 +318,8 @@ class Tree:
         out = []
         for node in candidates:
             visits = self.visits.get(node.number, 1)
-            assert node.r2 is not None
-            ucb = node.r2 + c * sqrt_n / (1 + visits)
+            assert node.score is not None
+            ucb = node.score + c * sqrt_n / (1 + visits)
             out.append(Score(node=node, parent=self.tree_parent.get(node.number), ucb=ucb,
                              visits=visits))
         out.sort(key=lambda s: (-s.ucb, s.node.number))
@@ -315,9 +329,9 @@ class Tree:
 def resolve_root(block: int, members: Sequence[Node], nodes: Sequence[Node]) -> int:
     """The root of a block.
 
-    Block 1 grows from the config's base values: its root is the trial that ran them
-    (strategy ``root``) once there is one. A later block restarts from the incumbent, fixed by
-    the block's first decision and recorded on every trial of the block, so that the workers
+    Block 1 grows from the base values: its root is the trial that ran them (strategy
+    ``root``) once there is one. A later block restarts from the incumbent, fixed by the
+    block's first decision and recorded on every trial of the block, so that the workers
     deciding later in the block all agree on it.
     """
     if block == 1:

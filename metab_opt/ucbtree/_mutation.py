@@ -1,9 +1,10 @@
 """Mutation operators: one step on a knob's lattice, a jump to a range end, and the direction
 memory (which way has helped a knob so far).
 
-A knob's lattice is :meth:`metab_opt.config.Knob.grid`, anchored at the config's base value,
-so every value a mutation produces is clipped to the range and snapped to the grid by
-construction: a step moves to the neighbouring grid value, never past an end.
+A knob's lattice is :meth:`Knob.grid`, anchored at the base value, so every value a mutation
+produces is clipped to the range and snapped to the grid by construction: a step moves to the
+neighbouring grid value, never past an end. Gains are compared as scores (``sign * value``), so
+"helped" means "improved the objective" in either direction.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metab_opt._ucb import Node
-from metab_opt.config import Knob
+from ._knob import DOWN, UP, Knob
+from ._tree import Node
 
-UP = 1
-DOWN = -1
+__all__ = ["DOWN", "UP", "Change", "DirectionMemory", "Move", "direction_memory", "direction_of",
+           "format_changes", "format_value", "is_rising", "moves", "neighbour", "range_end"]
 
 # One change of a proposal: (knob name, old value, new value).
 Change = tuple[str, Any, Any]
@@ -83,13 +84,13 @@ class DirectionMemory:
     credited to one knob.
     """
 
-    gains: Mapping[str, Mapping[int, tuple[float, int]]]  # knob -> direction -> (sum ΔR², count)
+    gains: Mapping[str, Mapping[int, tuple[float, int]]]  # knob -> direction -> (sum Δscore, n)
     last_used: Mapping[str, int]  # knob -> direction of its latest mutation (running included)
 
     def preferred(self, name: str, coin: bool) -> tuple[int, int]:
         """The two directions, the one to try first leading.
 
-        The direction with the higher mean ΔR²; with data on one side only, that side if it
+        The direction with the higher mean gain; with data on one side only, that side if it
         helped and the other if it did not; without data, the opposite of the knob's last move
         (alternate), and a coin from the decision's RNG for a knob never moved.
         """
@@ -117,37 +118,74 @@ class DirectionMemory:
         return tries >= min_tries and all(total <= 0 for total, _ in stats.values())
 
 
+@dataclass(frozen=True)
+class Move:
+    """A parent -> child edge whose outcome is known: the child finished, and both it and the
+    parent its record names have a score (a failed run has one only when the sampler counts
+    failures: its ``failed_value``)."""
+
+    node: Node
+    parent: Node
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        """The changes the child's record made to the parent's params."""
+        return self.node.changes
+
+    @property
+    def gain(self) -> float:
+        """The child's score minus the parent's: positive when the change helped."""
+        assert self.node.score is not None and self.parent.score is not None
+        return self.node.score - self.parent.score
+
+
+def moves(nodes: Iterable[Node], by_number: Mapping[int, Node]) -> list[Move]:
+    """The known outcomes of the tree's edges, in the order of ``nodes``: what the direction
+    memory learns from (its one-change moves), and what a view of the tree reports."""
+    out = []
+    for node in nodes:
+        if not node.finished or node.parent is None or node.score is None:
+            continue
+        parent = by_number.get(node.parent)
+        if parent is None or parent.score is None:
+            continue
+        out.append(Move(node=node, parent=parent))
+    return out
+
+
 def direction_memory(nodes: Iterable[Node], by_number: Mapping[int, Node],
                      knobs: Sequence[Knob], anchors: Mapping[str, Any]) -> DirectionMemory:
+    nodes = list(nodes)
     by_name = {k.name: k for k in knobs}
-    gains: dict[str, dict[int, tuple[float, int]]] = {}
     last_used: dict[str, tuple[int, int]] = {}
     for node in nodes:
-        changes = node.changes
-        for name, old, new in changes:
+        for name, old, new in node.changes:
             knob = by_name.get(name)
             if knob is None:
                 continue
             d = direction_of(knob, old, new, anchors[name])
             if name not in last_used or node.number > last_used[name][0]:
                 last_used[name] = (node.number, d)
-        if len(changes) != 1 or not node.finished or node.parent is None:
+    gains: dict[str, dict[int, tuple[float, int]]] = {}
+    for move in moves(nodes, by_number):
+        if len(move.changes) != 1:
             continue
-        parent = by_number.get(node.parent)
-        if parent is None or parent.r2 is None or node.r2 is None:
-            continue
-        name, old, new = changes[0]
+        name, old, new = move.changes[0]
         knob = by_name.get(name)
         if knob is None:
             continue
         d = direction_of(knob, old, new, anchors[name])
         total, count = gains.setdefault(name, {}).get(d, (0.0, 0))
-        gains[name][d] = (total + node.r2 - parent.r2, count + 1)
+        # Summed as (total + child) - parent, as it always was: the float sums, and with them
+        # the decisions, stay bit for bit those of the golden studies.
+        assert move.node.score is not None and move.parent.score is not None
+        gains[name][d] = (total + move.node.score - move.parent.score, count + 1)
     return DirectionMemory(gains=gains, last_used={k: d for k, (_, d) in last_used.items()})
 
 
 def is_rising(intermediate: Sequence[tuple[int, float]], min_gain: float) -> bool:
-    """Whether a learning curve was still rising over its last quarter.
+    """Whether a learning curve (of scores: higher is better) was still rising over its last
+    quarter.
 
     The last quarter is the last ``ceil(n / 4)`` reports (at least two); rising means both a
     positive least-squares slope over them and a net gain above ``min_gain``.
