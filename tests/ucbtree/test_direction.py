@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, Trial
 
 from metab_opt.ucbtree import (
@@ -26,15 +26,9 @@ from metab_opt.ucbtree import (
     trial_value,
     ucb_scores,
 )
+from metab_opt.ucbtree.example import SEARCH_SPACE
 
-SPACE = {
-    "lr": FloatDistribution(1e-4, 1e-1, log=True),
-    "width": IntDistribution(16, 512, log=True),
-    "dropout": FloatDistribution(0.0, 0.5, step=0.05),
-    "epochs": IntDistribution(2, 20, step=2),
-    "optimizer": CategoricalDistribution(["sgd", "adam"]),
-    "seed": IntDistribution(0, 2**31 - 1),
-}
+SPACE = SEARCH_SPACE  # the package example's space: a float, ints, a stepped float, a choice
 ROLES = Roles(seed="seed", duration="epochs", spread=("lr", "width"),
               degeneracy=(("dropout", UP), ("width", DOWN)))
 
