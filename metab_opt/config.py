@@ -240,6 +240,7 @@ class SearchConfig:
     ucb_c: float = 1.414
     n_trials: int = 12
     roles: Roles | None = None
+    survey: int = 0  # space-filling trials after the root of block 1 (0: none)
 
     def knob(self, name: str) -> Knob:
         for k in self.knobs:
@@ -358,7 +359,7 @@ def _build_section(where: str, section: str, data: Any) -> Any:
     return _SECTION_TYPES[section](**values)
 
 
-_SEARCH_KEYS = ("knobs", "n_iter_block", "ucb_c", "n_trials", "roles")
+_SEARCH_KEYS = ("knobs", "n_iter_block", "ucb_c", "n_trials", "roles", "survey")
 
 
 def _build_knob(where: str, name: str, data: Any) -> Knob:
@@ -401,6 +402,12 @@ def _build_search(where: str, data: Any) -> SearchConfig:
     n_iter_block = _check_value(where, "n_iter_block", data.get("n_iter_block", 12), _i(1, 10_000))
     ucb_c = _check_value(where, "ucb_c", data.get("ucb_c", 1.414), _f(0.0, 1e6))
     n_trials = _check_value(where, "n_trials", data.get("n_trials", 12), _i(1, 1_000_000))
+    # Block 1 runs the root first; the survey fills at most the rest of it. Absent: no survey.
+    survey = _check_value(where, "survey", data.get("survey", 0), _i(0, 10_000))
+    if survey > n_iter_block - 1:
+        raise ConfigError(f"{where}.survey: {survey} is outside the allowed range "
+                          f"[0, {n_iter_block - 1}] (block 1 holds the root, then the survey: "
+                          f"at most n_iter_block - 1)")
     roles = None
     if "roles" in data:
         # The rules that step a declared knob (replicate, initial-spread, duration,
@@ -411,7 +418,7 @@ def _build_search(where: str, data: Any) -> SearchConfig:
         except ValueError as exc:
             raise ConfigError(f"{where}.{exc}") from None
     return SearchConfig(knobs=knobs, n_iter_block=n_iter_block, ucb_c=ucb_c, n_trials=n_trials,
-                        roles=roles)
+                        roles=roles, survey=survey)
 
 
 def _check_cross(where: str, cfg: Config, *, check_frozen: bool) -> None:

@@ -6,7 +6,8 @@ metabolic problem, and nothing else knows it:
 
 * the knobs, their lattices and their roles come from the config's ``search`` section
   (``search.roles``: the training seed, the duration knob, the initial spread, the
-  degeneracy-break move);
+  degeneracy-break move, the knobs the survey leaves at the root), and so does the survey
+  (``search.survey``: block 1's space-filling draws after the root);
 * the objective is ``rate_constants_R2``, maximized: converged ``R² > 0.9``, failed
   ``R² < 0.1`` (:func:`metab_opt.metrics.classify`), a failed trial counts R² 0 (these
   settings, and the standard roles, are :mod:`metab_opt.trial_record`'s: the logbook and
@@ -20,7 +21,7 @@ metabolic problem, and nothing else knows it:
   gains of 1e-4; a learning curve still rises when its last quarter gained more than 1e-3.
 
 Strategies, in the order they are tried for a new trial (``STRATEGIES``; each in the README):
-enqueued, root / initial-spread, replicate, degeneracy-break, boundary-probe, duration,
+enqueued, root / initial-spread, survey, replicate, degeneracy-break, boundary-probe, duration,
 explore, exploit.
 """
 
@@ -98,6 +99,9 @@ class UCBMutationSampler(UCBSampler):
             The knobs' roles (``Config.search.roles``); None: :func:`standard_roles`.
         n_iter_block:
             Trials per block; the tree restarts from the incumbent at each block boundary.
+        survey:
+            Space-filling draws over every knob's lattice after the root of block 1
+            (``search.survey``; 0: none), before the rules narrow the tree.
         ucb_c:
             The exploration constant ``c`` of ``R2 + c * sqrt(N) / (1 + V)``.
         seed:
@@ -113,6 +117,7 @@ class UCBMutationSampler(UCBSampler):
         base_params: Mapping[str, Any],
         roles: Roles | None = None,
         n_iter_block: int = 12,
+        survey: int = 0,
         ucb_c: float = 1.414,
         seed: int | None = None,
         independent_sampler: BaseSampler | None = None,
@@ -124,7 +129,7 @@ class UCBMutationSampler(UCBSampler):
             roles = standard_roles(knobs)
         super().__init__(
             knobs=knobs, base_params=base_params, roles=roles, n_iter_block=n_iter_block,
-            ucb_c=ucb_c, seed=seed, converged=CONVERGED_R2, failed=FAILED_R2,
+            survey=survey, ucb_c=ucb_c, seed=seed, converged=CONVERGED_R2, failed=FAILED_R2,
             failed_value=FAILED_VALUE, degenerate=is_degenerate, follow_gain=FOLLOW_MIN_GAIN,
             rising_gain=RISING_MIN_GAIN, independent_sampler=independent_sampler,
             value_name="R2")
@@ -148,7 +153,8 @@ class UCBMutationSampler(UCBSampler):
                             f"standard roles {roles.to_dict()} (declare them, or `roles: {{}}` "
                             f"for none)")
         return cls(knobs=search.knobs, base_params=cfg.base_params(), roles=roles,
-                   n_iter_block=search.n_iter_block, ucb_c=search.ucb_c, seed=seed)
+                   n_iter_block=search.n_iter_block, survey=search.survey, ucb_c=search.ucb_c,
+                   seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------

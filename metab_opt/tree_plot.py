@@ -43,6 +43,7 @@ def _short_mutation(text: str, limit: int = 16) -> str:
 
 STRATEGY_MARKERS: dict[str, str] = {
     "root": "*",
+    "survey": "X",
     "initial-spread": "p",
     "enqueued": "P",
     "replicate": "h",

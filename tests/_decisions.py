@@ -6,7 +6,13 @@ and ``tests/test_decisions.py`` replays the studies and compares. A restructure 
 that changes no rule must leave every decision as it was. The objectives exercise every
 strategy: the initial spread, an enqueued trial, replicates, degeneracy-break, boundary-probe,
 duration (a learning curve still rising), explore (long partial and failed streaks), exploit
-with follow-through, failed and pruned trials.
+with follow-through, failed and pruned trials; the survey of block 1 (the configs'
+``search.survey``).
+
+Each config also runs with ``search.survey`` set to 0 (keys ``<config>:survey0:seed<n>``):
+those studies decide exactly as every study did before the survey existed (the golden file
+written before it, checked once when the survey was added), so they keep guarding the rules
+without a survey bit for bit.
 
 Run ``python tests/_decisions.py`` to rewrite the golden file (only when a rule changes on
 purpose, and say so in the commit).
@@ -28,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "decisions.json"
 CONFIGS = ("rank50.yaml", "tiny.yaml")
 SEEDS = (0, 1, 2)
+# Each config as shipped (its search.survey), and with the survey off.
+VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (("", {}), (":survey0", {"search.survey": 0}))
 N_TRIALS = 48
 
 
@@ -62,28 +70,32 @@ def _objective(trial: optuna.Trial, search: Any) -> float:
     return r2
 
 
+def _study(cfg: Any, seed: int) -> list[dict[str, Any]]:
+    from metab_opt.sampler import RECORD_KEY, UCBMutationSampler
+
+    sampler = UCBMutationSampler.from_config(cfg, seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    objective = functools.partial(_objective, search=cfg.search)
+    study.optimize(objective, n_trials=N_TRIALS // 2, catch=(RuntimeError,))
+    study.enqueue_trial({"lr_k": 1e-3})
+    study.optimize(objective, n_trials=N_TRIALS // 2, catch=(RuntimeError,))
+    return [{"number": t.number, "strategy": t.system_attrs[RECORD_KEY]["strategy"],
+             "parent": t.system_attrs[RECORD_KEY]["parent"],
+             "params": t.system_attrs[RECORD_KEY]["params"]}
+            for t in study.get_trials(deepcopy=False)]
+
+
 def record() -> dict[str, list[dict[str, Any]]]:
     from metab_opt.config import load_config
-    from metab_opt.sampler import RECORD_KEY, UCBMutationSampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out: dict[str, list[dict[str, Any]]] = {}
     for name in CONFIGS:
-        cfg = load_config(ROOT / "configs" / name)
-        for seed in SEEDS:
-            sampler = UCBMutationSampler.from_config(cfg, seed=seed)
-            study = optuna.create_study(direction="maximize", sampler=sampler)
-            objective = functools.partial(_objective, search=cfg.search)
-            study.optimize(objective, n_trials=N_TRIALS // 2, catch=(RuntimeError,))
-            study.enqueue_trial({"lr_k": 1e-3})
-            study.optimize(objective, n_trials=N_TRIALS // 2, catch=(RuntimeError,))
-            out[f"{name}:seed{seed}"] = [
-                {"number": t.number, "strategy": t.system_attrs[RECORD_KEY]["strategy"],
-                 "parent": t.system_attrs[RECORD_KEY]["parent"],
-                 "params": t.system_attrs[RECORD_KEY]["params"]}
-                for t in study.get_trials(deepcopy=False)]
+        for variant, overrides in VARIANTS:
+            cfg = load_config(ROOT / "configs" / name, overrides=overrides)
+            for seed in SEEDS:
+                out[f"{name}{variant}:seed{seed}"] = _study(cfg, seed)
     return out
-
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))

@@ -172,6 +172,7 @@ def test_rank50_values(key: str, expected: Any) -> None:
 def test_rank50_search_settings() -> None:
     search = load_config(RANK50).search
     assert (search.n_iter_block, search.ucb_c, search.n_trials) == (12, 1.414, 12)
+    assert search.survey == 8  # trials 1-8 of block 1: the survey (issue 15)
     assert search.names[0] == "lr_k"  # exploration order: lr_k first
 
 
@@ -250,6 +251,8 @@ def test_unknown_key_far_from_any_has_no_suggestion(tmp_path: Path) -> None:
         ("training.learning_rate_k", float("nan"), "expected a finite number"),
         ("search.n_trials", "ten", "expected an integer"),
         ("search.ucb_c", "high", "expected a number"),
+        ("search.survey", "many", "expected an integer"),
+        ("search.survey", 2.5, "expected an integer"),
     ],
 )
 def test_wrong_type(tmp_path: Path, key: str, value: Any, match: str) -> None:
@@ -275,6 +278,8 @@ def test_wrong_type(tmp_path: Path, key: str, value: Any, match: str) -> None:
         ("training.n_epochs", 0, "[1, 1000]"),
         ("training.batch_size", 0, "[1, 100000]"),
         ("search.n_iter_block", 0, "[1, 10000]"),
+        ("search.survey", -1, "[0, 10000]"),
+        ("search.survey", 4, "[0, 3]"),  # tiny's blocks hold 4 trials: the root and 3 more
     ],
 )
 def test_out_of_range(tmp_path: Path, key: str, value: Any, allowed: str) -> None:
@@ -523,6 +528,7 @@ def test_parse_overrides_bad(item: str, match: str) -> None:
         (["graph_model.c_scale=3"], "graph_model.c_scale", 3.0),
         (["search.n_trials=3"], "search.n_trials", 3),
         (["search.ucb_c=0.5"], "search.ucb_c", 0.5),
+        (["search.survey=0"], "search.survey", 0),
         ({"training.learning_rate_sub": 0.002}, "training.learning_rate_sub", 0.002),
     ],
 )
@@ -814,9 +820,25 @@ STANDARD_ROLES = {"seed": "seed", "duration": "data_augmentation_loop",
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_declares_the_standard_roles(path: Path) -> None:
     # The roles the sampler's rules used by name before they were declared: with them, its
-    # decisions are those of tests/data/decisions.json.
+    # decisions are those of tests/data/decisions.json. And the knobs the survey leaves at the
+    # root's values: the two that set a trial's step count besides the duration knob.
     roles = load_config(path).search.roles
-    assert roles is not None and roles.to_dict() == STANDARD_ROLES
+    assert roles is not None
+    assert roles.to_dict() == {**STANDARD_ROLES, "survey_fixed": ["n_epochs", "batch_size"]}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_declares_its_survey(path: Path) -> None:
+    assert "survey" in _parsed(path)["search"]  # declared, not left to the default
+    search = load_config(path).search
+    assert 0 <= search.survey <= search.n_iter_block - 1
+    expected = {"rank50": 8, "rank50_proxy": 8, "bench": 8, "tiny": 2, "rank50_best": 0}
+    assert search.survey == expected[path.stem]
+
+
+def test_the_survey_is_off_when_not_declared(tmp_path: Path) -> None:
+    bare = load_config(_write(tmp_path, _set(_raw(), "search.survey", _DELETE), "bare.yaml"))
+    assert bare.search.survey == 0
 
 
 @pytest.mark.parametrize(
@@ -838,6 +860,11 @@ def test_every_shipped_config_declares_the_standard_roles(path: Path) -> None:
          r"search\.roles\.degeneracy\.lr_k: expected up or down, got 'sideways'"),
         ("search.roles.degeneracy", {"lr_kk": "up"},
          r"search\.roles\.degeneracy\.lr_kk: 'lr_kk' is not a knob \(did you mean 'lr_k'\?\)"),
+        ("search.roles.survey_fixed", ["n_epoch"], r"search\.roles\.survey_fixed\[0\]: "
+                                                   r"'n_epoch' is not a knob \(did you mean "
+                                                   r"'n_epochs'\?\)"),
+        ("search.roles.survey_fixed", "batch_size",
+         r"search\.roles\.survey_fixed: expected a list of knob names"),
     ],
 )
 def test_bad_roles(tmp_path: Path, key: str, value: Any, match: str) -> None:
@@ -861,6 +888,7 @@ def test_roles_are_optional_and_survive_a_dump(tmp_path: Path) -> None:
     cfg = load_config(TINY)
     again = load_config(_write(tmp_path, yaml.safe_load(dump_config(cfg)), "again.yaml"))
     assert again.search.roles == cfg.search.roles
+    assert again.search.survey == cfg.search.survey == 2
     bare = load_config(_write(tmp_path, _set(_raw(), "search.roles", _DELETE), "bare.yaml"))
     assert bare.search.roles is None
     none = load_config(_write(tmp_path, _set(_raw(), "search.roles", {}), "none.yaml"))

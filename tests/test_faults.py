@@ -388,8 +388,10 @@ def test_failing_trainings_fail_with_reason_and_are_never_parents(
     import metab_opt.objective as objective_mod
     from metab_opt.runner import run_study
 
-    # One block for the whole study, so that UCB (not a block boundary) picks the parents.
-    cfg = tiny_config({"search.n_iter_block": 12})
+    # One block for the whole study, so that UCB (not a block boundary) picks the parents; no
+    # survey, so that trial 1 is a learning-rate step of the base values (which the rates at
+    # 10 below make diverge) rather than a survey draw.
+    cfg = tiny_config({"search.n_iter_block": 12, "search.survey": 0})
     real = objective_mod.run_training
 
     def run_training(cfg: Any, *, out_dir: Path, **kw: Any) -> Any:

@@ -161,6 +161,36 @@ def test_from_config_path_and_config_agree() -> None:
     assert a.search_space == b.search_space == {k.name: k.distribution() for k in SEARCH.knobs}
     assert a.base_params == b.base_params == BASE
     assert (a.n_iter_block, a.ucb_c) == (SEARCH.n_iter_block, SEARCH.ucb_c)
+    assert a.survey == b.survey == SEARCH.survey == 8
+    assert a.roles == b.roles == SEARCH.roles
+
+
+def test_the_survey_is_the_configs() -> None:
+    assert UCBMutationSampler.from_config(ROOT / "configs" / "tiny.yaml").survey == 2
+    off = load_config(ROOT / "configs" / "rank50.yaml", overrides=["search.survey=0"])
+    assert UCBMutationSampler.from_config(off).survey == 0
+    assert make_sampler().survey == 0  # built without a config: no survey
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_rank50_survey_covers_the_space_at_the_roots_cost(seed: int) -> None:
+    study = make_study(UCBMutationSampler.from_config(CFG, seed=seed))
+    study.optimize(objective, n_trials=9)
+    draws = [t.params for t in study.trials[1:]]
+    assert [t.user_attrs["strategy"] for t in study.trials] == ["root"] + ["survey"] * 8
+    # The knobs that set a trial's step count, and the seed, stay at the root's.
+    for name in ("data_augmentation_loop", "n_epochs", "batch_size", "seed"):
+        assert {p[name] for p in draws} == {BASE[name]}, name
+    # Yes/no: on in half the draws. A log knob whose 0 is "off": off in one draw or two, and
+    # in the tens (10, 31.6) in two to four. The learning rates reach both ends of their range.
+    assert sum(p["sub_through_origin"] for p in draws) == 4
+    norm = [p["coeff_MLP_sub_norm"] for p in draws]
+    assert 1 <= norm.count(0.0) <= 2 and 2 <= sum(10 <= v <= 40 for v in norm) <= 4
+    for name in ("lr_k", "lr_node", "lr_sub", "c_scale"):
+        grid = KNOBS[name].grid(BASE[name])
+        index = sorted(grid.index(p[name]) for p in draws)
+        assert index[0] <= 1 and index[-1] >= len(grid) - 2, name
+    assert len({params_key(p) for p in [BASE, *draws]}) == 9
 
 
 @pytest.mark.parametrize(

@@ -249,7 +249,7 @@ def test_three_trial_study_end_to_end(study3: dict[str, Any]) -> None:
         assert a["block"] == 1
         assert isinstance(a["visual"], str) and a["visual"]
     assert trials[0].user_attrs["strategy"] == "root"
-    assert [t.user_attrs["parent_id"] for t in trials[1:]] == [0, 0]  # the initial spread
+    assert [t.user_attrs["parent_id"] for t in trials[1:]] == [0, 0]  # the survey, from the root
     # One progress line per trial, then the summary.
     for n in range(3):
         assert f"[{n + 1}/3] trial {n} complete" in res.stdout

@@ -280,7 +280,7 @@ def default_value(distribution: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Roles
 
-_ROLE_KEYS = ("seed", "duration", "spread", "degeneracy")
+_ROLE_KEYS = ("seed", "duration", "spread", "degeneracy", "survey_fixed")
 _DIRECTIONS = {"up": UP, "down": DOWN}
 
 
@@ -298,18 +298,22 @@ class Roles:
     ``duration`` rule raises one step when the parent's learning curve was still improving.
     ``spread``: the knobs the ``initial-spread`` steps once each from a block's root, in this
     order. ``degeneracy``: the one multi-knob move of the ``degeneracy-break`` rule, as
-    ``(knob, UP or DOWN)`` pairs in order.
+    ``(knob, UP or DOWN)`` pairs in order. ``survey_fixed``: knobs the ``survey`` leaves at the
+    root's value besides the seed and duration knobs (which it never draws): knobs that make a
+    trial longer or dearer, so that the survey compares its draws at the root's cost.
     """
 
     seed: str | None = None
     duration: str | None = None
     spread: tuple[str, ...] = ()
     degeneracy: tuple[tuple[str, int], ...] = ()
+    survey_fixed: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, data: Any, names: Sequence[str]) -> Roles:
         """Roles from their declaration, e.g. ``{"seed": "seed", "duration": "epochs",
-        "spread": ["lr", "wd"], "degeneracy": {"lr": "up", "wd": "down"}}`` (None: none).
+        "spread": ["lr", "wd"], "degeneracy": {"lr": "up", "wd": "down"}, "survey_fixed":
+        ["batch"]}`` (None: none).
 
         Problems raise ValueError with one line that starts with the key (``roles.spread[1]:
         ...``) and suggests a knob for a misspelt name.
@@ -330,11 +334,16 @@ class Roles:
                 raise ValueError(f"roles.{role}: expected one knob name, got {value!r}")
             return value
 
-        spread = data.get("spread")
-        if spread is None:
-            spread = []
-        if not isinstance(spread, list) or not all(isinstance(s, str) for s in spread):
-            raise ValueError(f"roles.spread: expected a list of knob names, got {spread!r}")
+        def names_of(role: str) -> tuple[str, ...]:
+            value = data.get(role)
+            if value is None:
+                return ()
+            if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+                raise ValueError(f"roles.{role}: expected a list of knob names, got {value!r}")
+            return tuple(value)
+
+        spread = names_of("spread")
+        survey_fixed = names_of("survey_fixed")
         moves = data.get("degeneracy")
         if moves is None:
             moves = {}
@@ -346,8 +355,8 @@ class Roles:
             if not isinstance(way, str) or way not in _DIRECTIONS:
                 raise ValueError(f"roles.degeneracy.{name}: expected up or down, got {way!r}")
             degeneracy.append((str(name), _DIRECTIONS[way]))
-        roles = cls(seed=one("seed"), duration=one("duration"), spread=tuple(spread),
-                    degeneracy=tuple(degeneracy))
+        roles = cls(seed=one("seed"), duration=one("duration"), spread=spread,
+                    degeneracy=tuple(degeneracy), survey_fixed=survey_fixed)
         roles.check(names)
         return roles
 
@@ -370,6 +379,10 @@ class Roles:
             known(f"roles.spread[{i}]", name)
         if len(set(self.spread)) != len(self.spread):
             raise ValueError(f"roles.spread: each knob once, got {list(self.spread)}")
+        for i, name in enumerate(self.survey_fixed):
+            known(f"roles.survey_fixed[{i}]", name)
+        if len(set(self.survey_fixed)) != len(self.survey_fixed):
+            raise ValueError(f"roles.survey_fixed: each knob once, got {list(self.survey_fixed)}")
         for name, way in self.degeneracy:
             known(f"roles.degeneracy.{name}", name)
             if way not in (UP, DOWN):
@@ -387,4 +400,6 @@ class Roles:
             out["spread"] = list(self.spread)
         if self.degeneracy:
             out["degeneracy"] = {n: "up" if w == UP else "down" for n, w in self.degeneracy}
+        if self.survey_fixed:
+            out["survey_fixed"] = list(self.survey_fixed)
         return out

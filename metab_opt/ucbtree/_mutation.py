@@ -159,6 +159,8 @@ def direction_memory(nodes: Iterable[Node], by_number: Mapping[int, Node],
     by_name = {k.name: k for k in knobs}
     last_used: dict[str, tuple[int, int]] = {}
     for node in nodes:
+        if node.strategy == "survey":
+            continue  # a jump over the whole space, not a direction any knob was stepped in
         for name, old, new in node.changes:
             knob = by_name.get(name)
             if knob is None:

@@ -48,7 +48,7 @@ USER_ATTRS = (ATTR_NODE_ID, ATTR_PARENT_ID, ATTR_BLOCK, ATTR_STRATEGY, ATTR_MUTA
 # block 1 itself, and nodes created before that root-run existed.
 VIRTUAL_ROOT = -1
 
-STRATEGIES = ("root", "initial-spread", "enqueued", "replicate", "degeneracy-break",
+STRATEGIES = ("root", "survey", "initial-spread", "enqueued", "replicate", "degeneracy-break",
               "boundary-probe", "duration", "explore", "exploit")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -8,7 +8,7 @@ so every worker that reads the same storage decides the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from optuna.logging import get_logger
 from optuna.trial import FrozenTrial, TrialState
 
 from . import _mutation as mut
+from . import _survey
 from . import _tree as tree
 from ._knob import Knob, Roles
 from ._optuna_internals import fixed_params
@@ -53,6 +54,7 @@ class Settings:
     degenerate: Callable[[FrozenTrial], bool] | None  # degeneracy-break's diagnosis
     value_name: str  # how the parent rules name the objective ("value", "R2")
     owner: str  # the sampler's class name, for messages
+    survey: int = 0  # survey trials after the root of block 1 (0: no survey)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -132,6 +134,7 @@ class Planner:
         self.value_rng = np.random.default_rng([s.seed, next_number, 1])
         self.seed_knob = self.by_name.get(s.roles.seed) if s.roles.seed is not None else None
         self.mutable = [k for k in self.knobs if k.name != s.roles.seed]
+        self.number = next_number
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -234,8 +237,8 @@ class Planner:
     def decide(self, fixed: Mapping[str, Any] | None) -> Decision:
         if fixed is not None:
             return self.enqueued(fixed)
-        rules = (self.spread, self.replicate, self.degeneracy_break, self.boundary_probe,
-                 self.duration, self.explore, self.exploit, self.fallback)
+        rules = (self.spread, self.survey, self.replicate, self.degeneracy_break,
+                 self.boundary_probe, self.duration, self.explore, self.exploit, self.fallback)
         for rule in rules:
             decision = rule()
             if decision is not None:
@@ -258,7 +261,12 @@ class Planner:
 
     def spread(self) -> Decision | None:
         items: list[str | None] = [None]  # slot 0: the root itself
-        items += list(self.s.roles.spread)
+        # After a survey, block 1 has no spread: one-knob steps from the base values look at
+        # less than the survey did, and the walk then steps the same knobs (exploit's order)
+        # from the survey's best, which is where they can pay off. Later blocks spread from
+        # their root (the incumbent) as before.
+        if not self.surveying:
+            items += list(self.s.roles.spread)
         # At most half a block, so that small blocks still leave room for the rules; but the
         # base values are run first however small the blocks are.
         if self.position >= min(len(items), self.s.n_iter_block // 2):
@@ -297,6 +305,51 @@ class Planner:
         rule = (f"initial spread of block {self.block}: {name} from the root "
                 f"({self.describe_root()})")
         return Decision(params, self.root_parent, "initial-spread", (change,), rule, slot)
+
+    @property
+    def surveying(self) -> bool:
+        """Whether this block starts with a survey: block 1 of a study with ``survey`` > 0."""
+        return self.block == 1 and self.s.survey > 0
+
+    def survey(self) -> Decision | None:
+        """The next draw of block 1's survey (:mod:`._survey`), hung from the root."""
+        if not self.surveying:
+            return None
+        # Survey decisions already made (running ones included): workers decide in trial
+        # order, so they all count the same.
+        taken = sum(1 for m in self.members if m.strategy == "survey")
+        n = self.s.survey
+        if taken >= n:
+            return None
+        roles = self.s.roles
+        fixed = [name for name in (roles.seed, roles.duration, *roles.survey_fixed)
+                 if name is not None]
+        knobs = _survey.surveyed(self.knobs, fixed)
+        if not knobs:
+            return None
+        rows = _survey.design(knobs, self.anchors, self.root_params, n, self.s.seed)
+
+        def draws() -> Iterator[dict[str, Any]]:
+            yield rows[taken]
+            # The design's row is taken (an enqueued trial has it): uniform lattice draws
+            # instead, from this trial's own stream.
+            rng = np.random.default_rng([self.s.seed, self.number, 2])
+            for _ in range(64):
+                yield _survey.random_draw(knobs, self.anchors, rng)
+
+        for i, draw in enumerate(draws()):
+            changes = tuple((name, self.root_params[name], value) for name, value in draw.items()
+                            if tree.canonical(value) != tree.canonical(self.root_params[name]))
+            params = self.apply(self.root_params, changes) if changes else None
+            if params is None:
+                continue
+            kept = ", ".join(name for name in self.names if name in set(fixed))
+            rule = (f"survey {taken + 1}/{n} of block {self.block}: space-filling draw over "
+                    f"every knob's lattice, from the root ({self.describe_root()})"
+                    + (f"; {kept} kept at the root's values" if kept else "")
+                    + ("" if i == 0 else "; the design's draw was taken: a uniform draw"))
+            return Decision(params, self.root_parent, "survey", changes, rule)
+        return None
 
     def replicate(self) -> Decision | None:
         best = tree.incumbent(self.nodes)
@@ -393,9 +446,12 @@ class Planner:
         # Least recently moved first, over the whole study (never moved: -1, in exploration
         # order); the knobs a running trial moves go last. Counting only the streak's own
         # trials would cycle through the first five knobs of the order for ever.
-        running = {name for n in self.nodes if not n.finished for name, _, _ in n.changes}
+        # A survey draw moves every knob at once: it is no knob's step, and would make them
+        # all "recently moved".
+        stepped = [n for n in self.nodes if n.strategy != "survey"]
+        running = {name for n in stepped if not n.finished for name, _, _ in n.changes}
         last_moved = {k.name: -1 for k in self.mutable}
-        for node in self.nodes:
+        for node in stepped:
             for name, _, _ in node.changes:
                 if name in last_moved:
                     last_moved[name] = max(last_moved[name], node.number)

@@ -79,6 +79,11 @@ class UCBSampler(BaseSampler):
             What some knobs mean to the rules (:class:`Roles`); default: none.
         n_iter_block:
             Trials per block; the tree restarts from the incumbent at each block boundary.
+        survey:
+            Trials of block 1, after the root, that draw every knob at once from a space-filling
+            design over the knobs' lattices (strategy ``survey``), before the rules narrow the
+            tree; the seed, duration and ``survey_fixed`` knobs stay at the root's values.
+            0 (the default): no survey. At most ``n_iter_block - 1``.
         ucb_c:
             The exploration constant ``c`` of ``score + c * sqrt(N) / (1 + V)``.
         seed:
@@ -113,6 +118,7 @@ class UCBSampler(BaseSampler):
         base_params: Mapping[str, Any] | None = None,
         roles: Roles | None = None,
         n_iter_block: int = 12,
+        survey: int = 0,
         ucb_c: float = 1.414,
         seed: int | None = None,
         converged: float | None = None,
@@ -146,6 +152,11 @@ class UCBSampler(BaseSampler):
         roles.check([k.name for k in knobs])
         if isinstance(n_iter_block, bool) or not isinstance(n_iter_block, int) or n_iter_block < 1:
             raise ValueError(f"n_iter_block: expected an integer >= 1, got {n_iter_block!r}")
+        # The root runs first, so a survey fills at most the rest of block 1.
+        if (isinstance(survey, bool) or not isinstance(survey, int)
+                or not 0 <= survey <= n_iter_block - 1):
+            raise ValueError(f"survey: expected an integer in [0, n_iter_block - 1 = "
+                             f"{n_iter_block - 1}], got {survey!r}")
         ucb_c = _number("ucb_c", ucb_c, minimum=0.0)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or not 0 <= seed < 2**32):
@@ -166,7 +177,8 @@ class UCBSampler(BaseSampler):
                                                                     failed_value),
             follow_gain=_number("follow_gain", follow_gain, minimum=0.0),
             rising_gain=_number("rising_gain", rising_gain, minimum=0.0),
-            degenerate=degenerate, value_name=str(value_name), owner=type(self).__name__)
+            degenerate=degenerate, value_name=str(value_name), owner=type(self).__name__,
+            survey=survey)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._search_space = dict(space)
         # Parsed nodes of finished trials, per storage, study and direction. Only a speed-up:
@@ -201,6 +213,11 @@ class UCBSampler(BaseSampler):
     @property
     def ucb_c(self) -> float:
         return self._settings.ucb_c
+
+    @property
+    def survey(self) -> int:
+        """Survey trials after the root of block 1 (0: none)."""
+        return self._settings.survey
 
     def __getstate__(self) -> dict[str, Any]:
         # The cache and its lock stay behind (a lock cannot be pickled; the cache refills).

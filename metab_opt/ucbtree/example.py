@@ -62,6 +62,7 @@ def main(n_trials: int = 60, seed: int = 0) -> optuna.Study:
         search_space=SEARCH_SPACE,
         roles=ROLES,
         n_iter_block=12,
+        survey=4,  # trials 1-4: draw every knob but the seed and epochs over the whole space
         seed=seed,
         converged=0.3,  # below this loss a run has converged (the study minimizes)
         failed=3.0,  # above it, a run has failed

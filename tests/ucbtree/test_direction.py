@@ -2,7 +2,7 @@
 
 Everything inside the sampler compares ``sign * value``; the thresholds are declared in the
 objective's units, so the mirror of (maximize f, converged c, failed l) is (minimize -f,
-converged -c, failed -l). Every strategy fires in these studies.
+converged -c, failed -l). Every strategy fires in these studies (block 1 opens with a survey).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def degenerate(sign: float) -> Callable[[FrozenTrial], bool]:
 
 
 def study_of(sign: float, seed: int) -> optuna.Study:
-    sampler = UCBSampler(search_space=SPACE, roles=ROLES, seed=seed, n_iter_block=10,
+    sampler = UCBSampler(search_space=SPACE, roles=ROLES, seed=seed, n_iter_block=10, survey=2,
                          converged=sign * 0.6, failed=sign * -1.0, failed_value=sign * -3.0,
                          degenerate=degenerate(sign), follow_gain=0.01, rising_gain=0.001)
     study = optuna.create_study(direction="maximize" if sign > 0 else "minimize",

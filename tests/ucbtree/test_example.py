@@ -14,8 +14,8 @@ def test_the_example_study_improves_on_its_root() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = example.main(n_trials=48, seed=0)
     strategies = {t.user_attrs["strategy"] for t in study.trials}
-    assert strategies >= {"root", "initial-spread", "replicate", "duration", "explore",
-                          "exploit"}, strategies
+    assert strategies >= {"root", "survey", "initial-spread", "replicate", "duration",
+                          "explore", "exploit"}, strategies
     assert study.best_value < 0.5 * study.trials[0].value
 
 

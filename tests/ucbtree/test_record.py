@@ -83,4 +83,4 @@ def test_classify_without_thresholds() -> None:
 def test_names() -> None:
     assert USER_ATTRS == ("node_id", "parent_id", "block", "strategy", "mutation",
                           "parent_rule")
-    assert len(set(STRATEGIES)) == 9
+    assert len(set(STRATEGIES)) == 10
