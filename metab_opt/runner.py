@@ -78,10 +78,6 @@ def _no_ucb_table(study: Any) -> list[dict[str, Any]]:
     return []
 
 
-def _no_next_parent(study: Any) -> None:
-    return None  # a baseline sampler has no tree
-
-
 def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studies",
               storage_url: str | None = None, n_trials: int | None = None,
               timeout: float | None = None, sampler_kind: str = "ucb", pruner: str = "none",
@@ -118,7 +114,6 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
     # Only the UCB sampler has a tree and a UCB table; the baselines' logs say so.
     logbook = Logbook(paths.folder, name, config=cfg, draw_tree=plots and sampler_kind == "ucb",
                       ucb_scores=None if sampler_kind == "ucb" else _no_ucb_table,
-                      next_parent=None if sampler_kind == "ucb" else _no_next_parent,
                       artifact_store=FileSystemArtifactStore(str(paths.artifacts)))
     # A worker killed outright left its trial RUNNING: fail it (and queue its retry) before the
     # views are synced, so that its entry comes in trial order.

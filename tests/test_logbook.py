@@ -904,3 +904,16 @@ def test_constructor_validates(tmp_path: Path) -> None:
         Logbook(tmp_path, "a/b")
     with pytest.raises(ValueError, match="lock_timeout"):
         Logbook(tmp_path, "demo", lock_timeout=-1)
+
+
+def test_another_sampler_gives_na_next_without_a_warning(tmp_path: Path, config: Config,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A baseline sampler (no tree) needs no override: Next is n/a, and nothing is warned."""
+    book = Logbook(tmp_path / "views", "demo", config=config, ucb_scores=fake_ucb,
+                   draw_tree=False)
+    study = optuna.create_study(direction="maximize", study_name="demo",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    with caplog.at_level(logging.WARNING, logger="metab_opt.logbook"):
+        run_trials(study, Explorer(config), 2, [book])
+    assert entries(book.analysis_path)[-1][9] == "Next: parent=n/a"
+    assert not [r for r in caplog.records if "next parent" in r.getMessage()]

@@ -174,8 +174,11 @@ class Logbook:
             trials = [t for t in trials if t.number != current.number] + [current]
         rows = self._ucb_rows(study)
         finished = [t for t in trials if t.state in FINISHED_STATES]
+        # The sampler's next decision, computed once: the memory's header and the live entry's
+        # Next line both name it.
+        next_now = self._predict_parent(study, trials)
         memory = self.render_memory(trials, importances=param_importances(study),
-                                    next_parent=self._predict_parent(study, trials))
+                                    next_parent=next_now)
         # No block number in the header: the sampler's table may already be the next block's.
         last = max((t.number for t in finished), default=None)
         ucb_text = (format_ucb_scores(rows, after=last) if rows is not None
@@ -185,7 +188,7 @@ class Logbook:
             self.directory.mkdir(parents=True, exist_ok=True)
             with filelock.FileLock(str(self.lock_path), timeout=self.lock_timeout):
                 try:
-                    self._write_entries(study, trials, current)
+                    self._write_entries(study, trials, current, next_now)
                     atomic_write(self.memory_path, memory.encode())
                     atomic_write(self.ucb_path, ucb_text.encode())
                     if self.draw_tree:
@@ -231,7 +234,9 @@ class Logbook:
     # -- the analysis log ---------------------------------------------------------------------
 
     def _write_entries(self, study: Study, trials: Sequence[FrozenTrial],
-                       current: FrozenTrial | None) -> None:
+                       current: FrozenTrial | None, next_now: int | str | None) -> None:
+        """Append the missing entries; ``next_now`` is the live trial's Next (the sampler's
+        decision on ``trials`` as they are), the others' is computed as of their end."""
         index = self._log.reconcile(trials)
         finished = [t for t in trials if t.state in FINISHED_STATES]
         missing = sorted((t for t in finished if t.number not in index.written),
@@ -246,8 +251,9 @@ class Logbook:
         chunks = []
         for t in missing:
             live = current is not None and t.number == current.number
-            chunks.append("\n" + self._entry(t, finished, by_number,
-                                              self._next_parent(study, trials, t, live=live)))
+            next_parent = next_now if live else self._predict_parent(study,
+                                                                     _finished_by(trials, t))
+            chunks.append("\n" + self._entry(t, finished, by_number, next_parent))
         self._log.append(index, (t.number for t in missing), "".join(chunks))
         if self.dashboard_note:  # each entry, once in the log, is also its trial's note
             self._dashboard.save_trial_notes(study, zip(missing, chunks))
@@ -271,15 +277,9 @@ class Logbook:
                             next_parent=next_parent, base_params=self._base_params,
                             config=self.config)
 
-    def _next_parent(self, study: Study, trials: Sequence[FrozenTrial], trial: FrozenTrial, *,
-                     live: bool) -> int | str | None:
-        """The parent the sampler gives the trial after ``trial`` (:func:`metab_opt.sampler
-        .next_parent`: its decision computed, not the UCB table's top row), from the study as
-        it is (``live``) or as it stood when ``trial`` finished (a log rebuilt by :meth:`sync`)."""
-        now = study.get_trials(deepcopy=False) if live else _finished_by(trials, trial)
-        return self._predict_parent(study, now)
-
     def _predict_parent(self, study: Any, trials: Sequence[FrozenTrial]) -> int | str | None:
+        """The parent the sampler gives the next trial on ``trials`` (:func:`metab_opt.sampler
+        .next_parent`: its decision computed, not the UCB table's top row)."""
         func = self._next_parent_func
         if func is None:
             try:
