@@ -1,8 +1,8 @@
 """``metab-opt``: a thin command line over the package's functions.
 
 Every subcommand's arguments and dispatch live here; the work is the library's (simulation,
-objective, bench, replicate, runner, compare, best, dashboard). Bad input (an unknown option, a
-bad config or ``--set``) is one line on stderr and exit code 2, with nothing written.
+objective, bench, replicate, runner, compare, best, pruning, dashboard). Bad input (an unknown
+option, a bad config or ``--set``) is one line on stderr and exit code 2, with nothing written.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from metab_opt.study import PRUNERS, SAMPLERS
 __all__ = ["main"]
 
 DEFAULT_CONFIG = "configs/rank50.yaml"
+# compare --retrain-seeds: metab_opt.compare.retrain.DEFAULT_RETRAIN_SEEDS (not imported: the
+# command line starts without the compare package)
+RETRAIN_SEEDS = "101,202"
 
 
 class UsageError(Exception):
@@ -122,7 +125,9 @@ def _add_study_arguments(p: argparse.ArgumentParser) -> None:
                    help="trials to run now (default: the config's search.n_trials)")
     p.add_argument("--timeout", type=_positive_float, default=None, help="seconds")
     p.add_argument("--sampler", choices=SAMPLERS, default="ucb")
-    p.add_argument("--pruner", choices=PRUNERS, default="none")
+    p.add_argument("--pruner", choices=PRUNERS, default=None,
+                   help="stop hopeless trials early: none, median, or safe (metab_opt/pruning.py)"
+                        " (default: the config's search.pruner)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no training progress bar")
     p.add_argument("--no-plots", action="store_true",
@@ -136,6 +141,9 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-trials", type=_positive_int, default=24)
     p.add_argument("--repeats", type=_positive_int, default=3)
     p.add_argument("--name", default=None, help="comparison name (default: compare_<config>)")
+    p.add_argument("--retrain-seeds", default=RETRAIN_SEEDS, metavar="S,S",
+                   help="training seeds each finished study's incumbent is trained again with, "
+                        f"at the same --max-steps (default: {RETRAIN_SEEDS})")
 
 
 def _add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
@@ -201,6 +209,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="the config file to write (default: <root>/<name>/<name>_best.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p = sub.add_parser("prune-check", help="replay the safe pruner on a finished study")
+    _no_abbreviations(p)
+    p.add_argument("name", help="study name (its folder under --root)")
+    p.add_argument("--root", default="studies", help="output root (default: studies/)")
+    p.add_argument("--storage", default=None,
+                   help="storage URL (default: sqlite:///<root>/<name>/study.db)")
     _add_dashboard_arguments(sub.add_parser("dashboard", help="browse a study in optuna-dashboard"))
     return parser
 
@@ -320,6 +334,22 @@ def _cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the replayed pruner stops no trial that mattered, 1 when it does."""
+    import optuna
+
+    from metab_opt.pruning import replay
+    from metab_opt.storage import open_existing
+
+    storage, _ = open_existing(args.name, root=args.root, storage_url=args.storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=args.name, storage=storage,
+                              sampler=optuna.samplers.RandomSampler())
+    report = replay(study)
+    print("\n".join(report.lines()))
+    return 1 if report.lost else 0
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from metab_opt.storage import is_journal
     from metab_opt.study import check_resumable
@@ -360,7 +390,9 @@ def _print_summary(study: Any, cfg: Config, root: str, seconds: float) -> None:
     from metab_opt.best import trials_incumbent
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    print(f"study '{study.study_name}': {len(study.trials)} trials ({len(done)} complete) "
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    also = f", {pruned} pruned" if pruned else ""
+    print(f"study '{study.study_name}': {len(study.trials)} trials ({len(done)} complete{also}) "
           f"in storage; this run {seconds / 60:.1f} min")
     # The incumbent the sampler and the memory file name (a replicate group), not Optuna's
     # single best trial, which a lucky training seed can put on top.
@@ -374,7 +406,8 @@ def _print_summary(study: Any, cfg: Config, root: str, seconds: float) -> None:
     print(f"browse: metab-opt dashboard {study.study_name} --root {root}")
 
 
-def _compare_command_line(args: argparse.Namespace, samplers: Sequence[str]) -> str:
+def _compare_command_line(args: argparse.Namespace, samplers: Sequence[str],
+                          retrain_seeds: Sequence[int] | None = None) -> str:
     """The command that reproduces this run (options in a fixed order, defaults left out)."""
     parts = ["metab-opt", "compare", "--config", str(args.config)]
     for item in getattr(args, "overrides", []) or []:
@@ -389,15 +422,20 @@ def _compare_command_line(args: argparse.Namespace, samplers: Sequence[str]) -> 
         value = getattr(args, attr, default)
         if value != default:
             parts += [flag, str(value)]
+    seeds = ",".join(map(str, retrain_seeds)) if retrain_seeds is not None else RETRAIN_SEEDS
+    if seeds != RETRAIN_SEEDS:
+        parts += ["--retrain-seeds", seeds]
     return shlex.join(parts)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     """Bad input is a ConfigError (one line, exit 2, nothing written)."""
     from metab_opt.compare import check_sampler_packages, parse_samplers, run_compare
+    from metab_opt.compare.run import parse_seeds
 
     samplers = parse_samplers(args.samplers)
     check_sampler_packages(samplers)
+    seeds = parse_seeds(args.retrain_seeds)
     cfg = _load(args)
     if args.device != "auto":
         _check_device(args.device)
@@ -406,11 +444,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                     root=args.root, name=args.name, storage_url=args.storage,
                     n_jobs=args.n_jobs, device=args.device, data_root=args.data_root,
                     max_steps=args.max_steps, heartbeat_interval=args.heartbeat_interval,
-                    grace_period=args.grace_period,
-                    command=_compare_command_line(args, samplers))
+                    grace_period=args.grace_period, retrain_seeds=seeds,
+                    command=_compare_command_line(args, samplers, seeds))
     except KeyboardInterrupt:
-        print("metab-opt compare: interrupted; the running trial is marked failed and does not "
-              "count. Run the same command to resume.", file=sys.stderr)
+        print("metab-opt compare: interrupted; a running trial is marked failed and does not "
+              "count, an unfinished retrain is run again. Run the same command to resume.",
+              file=sys.stderr)
         return 130
     return 0
 
@@ -427,7 +466,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"simulate": _cmd_simulate, "train": _cmd_train, "bench": _cmd_bench,
              "replicate": _cmd_replicate, "study": _cmd_study, "compare": _cmd_compare,
-             "best": _cmd_best, "dashboard": _cmd_dashboard}
+             "best": _cmd_best, "prune-check": _cmd_prune_check, "dashboard": _cmd_dashboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

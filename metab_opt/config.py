@@ -34,19 +34,9 @@ import yaml
 from metab_opt.ucbtree import Knob, KnobSpecError, Roles
 
 __all__ = [
-    "Config",
-    "ConfigError",
-    "FROZEN_TRAINING_KEYS",
-    "GraphModelConfig",
-    "Knob",
-    "Roles",
-    "SearchConfig",
-    "SimulationConfig",
-    "TrainingConfig",
-    "apply_params",
-    "dump_config",
-    "load_config",
-    "parse_overrides",
+    "Config", "ConfigError", "FROZEN_TRAINING_KEYS", "GraphModelConfig", "Knob", "PRUNERS", "Roles",
+    "SearchConfig", "SimulationConfig", "TrainingConfig", "apply_params", "dump_config",
+    "load_config", "parse_overrides",
 ]
 
 
@@ -241,6 +231,8 @@ class SearchConfig:
     n_trials: int = 12
     roles: Roles | None = None
     survey: int = 0  # space-filling trials after the root of block 1 (0: none)
+    model: bool = False  # rank moves by a model of all trials; duration may also shorten
+    pruner: str = "none"  # one of PRUNERS: what stops a trial early (metab_opt.pruning)
 
     def knob(self, name: str) -> Knob:
         for k in self.knobs:
@@ -359,7 +351,9 @@ def _build_section(where: str, section: str, data: Any) -> Any:
     return _SECTION_TYPES[section](**values)
 
 
-_SEARCH_KEYS = ("knobs", "n_iter_block", "ucb_c", "n_trials", "roles", "survey")
+_SEARCH_KEYS = ("knobs", "n_iter_block", "ucb_c", "n_trials", "roles", "survey", "model", "pruner")
+# search.pruner (and `study --pruner`): none, Optuna's median pruner, metab_opt.pruning's safe one.
+PRUNERS = ("none", "median", "safe")
 
 
 def _build_knob(where: str, name: str, data: Any) -> Knob:
@@ -408,6 +402,10 @@ def _build_search(where: str, data: Any) -> SearchConfig:
         raise ConfigError(f"{where}.survey: {survey} is outside the allowed range "
                           f"[0, {n_iter_block - 1}] (block 1 holds the root, then the survey: "
                           f"at most n_iter_block - 1)")
+    # Absent: the rules' fixed knob orders, as before the model existed.
+    model = _check_value(where, "model", data.get("model", False), _b())
+    # Absent: no pruning, as before the key existed (the shipped rank50 configs say safe).
+    pruner = _check_value(where, "pruner", data.get("pruner", "none"), _s(PRUNERS))
     roles = None
     if "roles" in data:
         # The rules that step a declared knob (replicate, initial-spread, duration,
@@ -418,7 +416,7 @@ def _build_search(where: str, data: Any) -> SearchConfig:
         except ValueError as exc:
             raise ConfigError(f"{where}.{exc}") from None
     return SearchConfig(knobs=knobs, n_iter_block=n_iter_block, ucb_c=ucb_c, n_trials=n_trials,
-                        roles=roles, survey=survey)
+                        roles=roles, survey=survey, model=model, pruner=pruner)
 
 
 def _check_cross(where: str, cfg: Config, *, check_frozen: bool) -> None:

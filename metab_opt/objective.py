@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,8 @@ from metab_opt._io import atomic_write
 from metab_opt.config import Config, apply_params, dump_config
 from metab_opt.simulation import Dataset, load_or_build
 
-__all__ = ["HEADLINE", "Objective", "RunResult", "run_training", "write_analysis_log",
-           "write_run_config"]
+__all__ = ["HEADLINE", "Objective", "RunResult", "held_params", "run_training",
+           "suggest_holding", "write_analysis_log", "write_run_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,18 +136,72 @@ def run_training(cfg: Config, *, out_dir: str | Path, data_root: str | Path | No
                      seconds=time.perf_counter() - t0)
 
 
+def held_params(cfg: Config, sampler_kind: str) -> dict[str, Any]:
+    """The knobs a sampler does not search, with the value each is held at.
+
+    The UCB sampler searches every knob (its replicate rule alone changes the training seed).
+    Optuna's samplers (every other kind) do not search the training seed (the config's
+    ``search.roles`` seed knob): it is held at the config's value. A global sampler that
+    searched a seed would model noise, and GPSampler enumerates a discrete knob's values
+    (``[0, 2**31)``: a 17 GB array).
+    """
+    from metab_opt.trial_record import seed_knob
+
+    if sampler_kind == "ucb":
+        return {}
+    seed = seed_knob(cfg)
+    return {} if seed is None else {seed: cfg.base_params()[seed]}
+
+
+def suggest_holding(trial: Any, cfg: Config, held: Mapping[str, Any]) -> dict[str, Any]:
+    """Suggest every knob, in the declared order; the params by name.
+
+    A knob in ``held`` is suggested with a single-valued distribution at its held value (Optuna
+    takes such a value as given and every one of its samplers leaves it out of its model), so
+    the trial's params still name it; every other knob is the sampler's
+    (:func:`metab_opt.sampler.suggest_params`).
+    """
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from metab_opt.sampler import suggest_params
+    from metab_opt.ucbtree import suggest_knobs
+
+    if not held:
+        return suggest_params(trial, cfg.search)
+    params: dict[str, Any] = {}
+    for knob in cfg.search.knobs:
+        if knob.name not in held:
+            params.update(suggest_knobs(trial, [knob]))
+            continue
+        value = held[knob.name]
+        dist = knob.distribution()
+        if isinstance(dist, CategoricalDistribution):
+            params[knob.name] = trial.suggest_categorical(knob.name, [value])
+        elif isinstance(dist, FloatDistribution):
+            params[knob.name] = trial.suggest_float(knob.name, float(value), float(value),
+                                                    log=dist.log)
+        else:
+            params[knob.name] = trial.suggest_int(knob.name, int(value), int(value),
+                                                  log=dist.log)
+    return params
+
+
 class Objective:
     """The study's objective: a trial's params -> one training run -> ``rate_constants_R2``.
 
     Every metric goes to the trial's user attrs before it finishes; the final plots go to the
     artifact store; intermediate R² goes to ``trial.report`` (and the pruner may stop the run).
-    A diverged run becomes a failed trial with its reason in ``fail_reason``.
+    A diverged run becomes a failed trial with its reason in ``fail_reason`` and the steps it
+    ran in ``steps``. ``held``: knobs suggested at a fixed value, not searched
+    (:func:`held_params`, :func:`suggest_holding`).
     """
 
     def __init__(self, cfg: Config, *, root: str | Path, data_root: str | Path | None = None,
                  device: str = "auto", artifact_store: Any = None, progress: bool = False,
-                 max_steps: int | None = None, plots: bool = True) -> None:
+                 max_steps: int | None = None, plots: bool = True,
+                 held: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg
+        self.held = dict(held or {})  # knobs not searched: their values (held_params)
         self.root = Path(root)
         self.data_root = data_root
         self.device = device
@@ -210,15 +264,20 @@ class Objective:
     def _run(self, trial: Any) -> float:
         import optuna
 
-        from metab_opt.sampler import suggest_params
+        from metab_opt.pruning import PLANNED_STEPS
         from metab_opt.training import TrainingDiverged
 
         self._mark_retry(trial)
-        params = suggest_params(trial, self.cfg.search)
+        params = suggest_holding(trial, self.cfg, self.held)
         cfg = apply_params(self.cfg, params)
         out = self.root / "trials" / f"trial_{trial.number:04d}"
 
+        planned: list[int] = []
+
         def report(rep: Any) -> None:
+            if not planned:  # the safe pruner compares trials at equal fractions of training
+                planned.append(rep.n_steps)
+                trial.set_user_attr(PLANNED_STEPS, rep.n_steps)
             trial.report(rep.r2 if math.isfinite(rep.r2) else -1e9, rep.step)
             if trial.should_prune():
                 trial.set_user_attr("steps", rep.step)
@@ -234,6 +293,7 @@ class Objective:
                                on_write_error=write_errors.append)
         except TrainingDiverged as exc:
             self._fail(trial, str(exc))
+            trial.set_user_attr("steps", int(exc.step))  # what it cost (a comparison counts it)
             raise
         # Any other error (pruning aside) fails this trial only, with its reason set by
         # __call__; the study goes on.

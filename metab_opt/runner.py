@@ -80,13 +80,14 @@ def _no_ucb_table(study: Any) -> list[dict[str, Any]]:
 
 def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studies",
               storage_url: str | None = None, n_trials: int | None = None,
-              timeout: float | None = None, sampler_kind: str = "ucb", pruner: str = "none",
+              timeout: float | None = None, sampler_kind: str = "ucb", pruner: str | None = None,
               n_jobs: int = 1, device: str = "auto", seed: int | None = 0,
               data_root: str | Path | None = None, progress: bool = True,
               max_steps: int | None = None, heartbeat_interval: int = 10,
               grace_period: int = 60, plots: bool = True) -> Any:
     """Run (or resume) a study; returns it. ``n_trials`` more trials are run (default: the
-    config's ``search.n_trials``). ``plots=False`` skips each trial's plots and artifacts (and
+    config's ``search.n_trials``); ``pruner`` (none, median, safe) defaults to the config's
+    ``search.pruner``. ``plots=False`` skips each trial's plots and artifacts (and
     the tree drawing): the metrics and logs are the same, and a trial of a short training
     costs about half as much.
 
@@ -98,7 +99,7 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
     import optuna
     from optuna.artifacts import FileSystemArtifactStore
 
-    from metab_opt.objective import Objective
+    from metab_opt.objective import Objective, held_params
 
     # Optuna's INFO lines ("A new study created", "Trial 3 finished") would double the
     # study's own progress lines; its warnings (failed trials) stay.
@@ -109,7 +110,9 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
     storage = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     sampler = make_sampler(sampler_kind, cfg, seed)
     study = open_study(cfg, name=name, storage=storage, sampler=sampler,
-                       sampler_kind=sampler_kind, pruner=make_pruner(pruner))
+                       sampler_kind=sampler_kind,
+                       pruner=make_pruner(pruner if pruner is not None else cfg.search.pruner,
+                                          cfg))
     paths.artifacts.mkdir(parents=True, exist_ok=True)
     # Only the UCB sampler has a tree and a UCB table; the baselines' logs say so.
     logbook = Logbook(paths.folder, name, config=cfg, draw_tree=plots and sampler_kind == "ucb",
@@ -123,7 +126,8 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
                           data_root=data_root if data_root is not None else Path(root) / "data",
                           device=device, artifact_store=FileSystemArtifactStore(
                               str(paths.artifacts)), progress=progress and n_jobs == 1,
-                          max_steps=max_steps, plots=plots)
+                          max_steps=max_steps, plots=plots,
+                          held=held_params(cfg, sampler_kind))  # seed: ucb's alone
     objective.dataset()  # build or load the dataset once, before the first trial
     n = n_trials if n_trials is not None else cfg.search.n_trials
     line = _ProgressLine(n)

@@ -7,7 +7,9 @@ metabolic problem, and nothing else knows it:
 * the knobs, their lattices and their roles come from the config's ``search`` section
   (``search.roles``: the training seed, the duration knob, the initial spread, the
   degeneracy-break move, the knobs the survey leaves at the root), and so does the survey
-  (``search.survey``: block 1's space-filling draws after the root);
+  (``search.survey``: block 1's space-filling draws after the root) and the move model
+  (``search.model``: a Gaussian process of every finished trial ranks the moves of exploit,
+  explore and boundary-probe, and the duration rule may also shorten runs);
 * the objective is ``rate_constants_R2``, maximized: converged ``R² > 0.9``, failed
   ``R² < 0.1`` (:func:`metab_opt.metrics.classify`), a failed trial counts R² 0 (these
   settings, and the standard roles, are :mod:`metab_opt.trial_record`'s: the logbook and
@@ -102,6 +104,9 @@ class UCBMutationSampler(UCBSampler):
         survey:
             Space-filling draws over every knob's lattice after the root of block 1
             (``search.survey``; 0: none), before the rules narrow the tree.
+        model:
+            Rank the rules' moves by a model of every finished trial, and let the duration
+            rule shorten a flat incumbent's runs (``search.model``; :class:`UCBSampler`).
         ucb_c:
             The exploration constant ``c`` of ``R2 + c * sqrt(N) / (1 + V)``.
         seed:
@@ -118,6 +123,7 @@ class UCBMutationSampler(UCBSampler):
         roles: Roles | None = None,
         n_iter_block: int = 12,
         survey: int = 0,
+        model: bool = False,
         ucb_c: float = 1.414,
         seed: int | None = None,
         independent_sampler: BaseSampler | None = None,
@@ -129,7 +135,8 @@ class UCBMutationSampler(UCBSampler):
             roles = standard_roles(knobs)
         super().__init__(
             knobs=knobs, base_params=base_params, roles=roles, n_iter_block=n_iter_block,
-            survey=survey, ucb_c=ucb_c, seed=seed, converged=CONVERGED_R2, failed=FAILED_R2,
+            survey=survey, model=model, ucb_c=ucb_c, seed=seed, converged=CONVERGED_R2,
+            failed=FAILED_R2,
             failed_value=FAILED_VALUE, degenerate=is_degenerate, follow_gain=FOLLOW_MIN_GAIN,
             rising_gain=RISING_MIN_GAIN, independent_sampler=independent_sampler,
             value_name="R2")
@@ -153,7 +160,8 @@ class UCBMutationSampler(UCBSampler):
                             f"standard roles {roles.to_dict()} (declare them, or `roles: {{}}` "
                             f"for none)")
         return cls(knobs=search.knobs, base_params=cfg.base_params(), roles=roles,
-                   n_iter_block=search.n_iter_block, survey=search.survey, ucb_c=search.ucb_c,
+                   n_iter_block=search.n_iter_block, survey=search.survey, model=search.model,
+                   ucb_c=search.ucb_c,
                    seed=seed)
 
 

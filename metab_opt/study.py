@@ -1,5 +1,8 @@
 """Create or resume a study: the samplers, the pruners, and the config fingerprint.
 
+The pruner is the config's ``search.pruner`` unless ``metab-opt study --pruner`` says otherwise:
+``none``, Optuna's ``median``, or ``safe``, the tree-safe pruner of :mod:`metab_opt.pruning`.
+
 A study remembers the config it was started with (study user attrs ``metab_opt:fingerprint``,
 ``metab_opt:config_path``, ``metab_opt:config``); it is resumed only with a config that matches
 it on the data, the search space, the model and training, and the sampler
@@ -15,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from metab_opt.config import Config, ConfigError
+from metab_opt.config import PRUNERS, Config, ConfigError
 from metab_opt.storage import default_storage_url, missing_storage, open_storage
 
 __all__ = [
@@ -29,7 +32,6 @@ __all__ = [
 ]
 
 SAMPLERS = ("ucb", "tpe", "random", "cmaes", "gp")
-PRUNERS = ("none", "median")
 _ATTR = "metab_opt:"  # namespace of the study's own attrs
 
 
@@ -61,12 +63,21 @@ def make_sampler(kind: str, cfg: Config, seed: int | None) -> Any:
     raise ConfigError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {kind!r}")
 
 
-def make_pruner(kind: str) -> Any:
+def make_pruner(kind: str, cfg: Config | None = None) -> Any:
+    """The pruner named ``kind`` (one of :data:`PRUNERS`); ``cfg`` tells the safe pruner which
+    knob is the training seed (a replicate of a top trial is never pruned)."""
     import optuna
 
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
-    return optuna.pruners.NopPruner()
+    if kind == "safe":
+        from metab_opt.pruning import SafePruner
+        from metab_opt.trial_record import seed_knob
+
+        return SafePruner(seed_param=seed_knob(cfg))
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"--pruner: expected one of {', '.join(PRUNERS)}, got {kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------

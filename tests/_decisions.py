@@ -35,7 +35,8 @@ GOLDEN = ROOT / "tests" / "data" / "decisions.json"
 CONFIGS = ("rank50.yaml", "tiny.yaml")
 SEEDS = (0, 1, 2)
 # Each config as shipped (its search.survey), and with the survey off.
-VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (("", {}), (":survey0", {"search.survey": 0}))
+VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("", {}), (":survey0", {"search.survey": 0, "search.model": False}))
 N_TRIALS = 48
 
 

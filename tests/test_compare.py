@@ -116,15 +116,17 @@ def test_report_numbers(synthetic: tuple[Any, Path]) -> None:
     text = out.joinpath("report.md").read_text()
     assert text == rep.text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines()
-            if line.startswith("| ") and line.count("|") == 12}
-    assert rows["ucb"] == ("| ucb | 3/3 | 0.850 (0.550–0.920) | 0.920 (0.810–0.950) | 2 (2, 1, 3) "
+            if line.startswith("| ") and line.count("|") == 14}
+    # no study has retrained its incumbent: replicate-confirmed n/a; a failed trial ran no steps
+    assert rows["ucb"] == ("| ucb | 3/3 | 0.850 (0.550–0.920) | 0.920 (0.810–0.950) | n/a "
+                           "| 2 (2, 1, 3) "
                            "| 4 (4, 13, 3) | not reached (2/3 did: 14, –, 3) | 1 of 42 "
-                           "| 2.1 min | 3.0 s | 100 |")
+                           "| 2.1 min | 3.0 s | 100 | 1,400 |")
     assert rows["random"].startswith("| random | 3/3 | 0.450 (0.300–0.600) [2 of 3 repeats] "
-                                     "| 0.500 (0.300–0.700) [2 of 3 repeats] "
+                                     "| 0.500 (0.300–0.700) [2 of 3 repeats] | n/a "
                                      "| not reached (1/3 did: 6, –, –) |")
-    assert rows["random"].endswith("| 16 of 42 | 42.0 s | 1.0 s | 300 |")
-    assert rows["tpe"].startswith("| tpe | 0/3 (2 not started) | n/a | n/a |")
+    assert rows["random"].endswith("| 16 of 42 | 42.0 s | 1.0 s | 300 | 3,600 |")
+    assert rows["tpe"].startswith("| tpe | 0/3 (2 not started) | n/a | n/a | n/a |")
     assert "metab-opt compare --samplers ucb,tpe,random" in text
     assert "config: `tiny` (configs/tiny.yaml)" in text
     assert "4,500 steps per trial" in text  # tiny: 600 * 300 // 8 * 0.2
@@ -132,9 +134,13 @@ def test_report_numbers(synthetic: tuple[Any, Path]) -> None:
     assert "UCB is ahead of the best baseline (random) by +0.420." in text
     assert "other__" not in text
     assert "Optuna's samplers were not given it" in text
-    png = out / "best_so_far.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["best_so_far.png", "report.md"]
+    assert "Ranking by median best R² after 14 trials: ucb 0.920 > random 0.500 (single " \
+           "trials: no replicate-confirmed result" in text
+    assert "No study has finished its trials and retrained its incumbent yet." in text
+    for png in (out / "best_so_far.png", rep.steps_png):
+        assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["best_so_far.png", "best_vs_steps.png",
+                                                     "report.md"]
 
 
 def test_report_sampler_notes_and_missing_everything(tmp_path: Path) -> None:
@@ -160,7 +166,7 @@ def test_report_fair_start_and_random_spread_without_the_start(tmp_path: Path) -
     assert rep.random_spread == pytest.approx((-2.0, -1.4, -0.8, -0.2, 0.4))  # 0.9 left out
     assert rep.summaries["random"].median_best_final == pytest.approx(0.9)  # but it counts
     assert "UCB is tied with the best baseline (random) by +0.000." in rep.text
-    assert "| ucb | 1/1 | 0.900 | 1 |" in rep.text  # one repeat: no range, no listing
+    assert "| ucb | 1/1 | 0.900 | n/a | 1 |" in rep.text  # one repeat: no range, no listing
 
 
 def test_counted_trials_skip_interrupted_and_retried() -> None:
@@ -190,18 +196,21 @@ def test_counted_trials_skip_interrupted_and_retried() -> None:
 
 def test_a_trial_r2_is_the_logbooks(tmp_path: Path) -> None:
     """One definition of a trial's R² (:func:`metab_opt.logbook.trial_r2`): a failed trial has
-    none, a pruned one counts with its last report (a comparison runs without a pruner, so its
-    own studies never hold one)."""
+    none, a pruned one counts with its last report (a comparison runs every sampler with the
+    config's pruner) and the steps it ran."""
     storage = optuna.storages.InMemoryStorage()
     study = _make(storage, "p", "ucb", 0, [0.3, FAIL])
     study.add_trial(FrozenTrial(
         number=-1, trial_id=-1, state=TrialState.PRUNED, value=None, datetime_start=_T0,
         datetime_complete=_T0 + dt.timedelta(seconds=1), params={"x": 0.5, "flag": True},
-        distributions=_DISTS, user_attrs={}, system_attrs={}, intermediate_values={5: 0.6}))
+        distributions=_DISTS, user_attrs={"steps": 5}, system_attrs={},
+        intermediate_values={5: 0.6}))
     rep = build_report(storage, "p", ["ucb"], 1, 3, command="c", out_dir=tmp_path)
     (repeat,) = rep.summaries["ucb"].repeats
     assert repeat.values == [0.3, None, 0.6]
     assert repeat.failed == 1
+    assert repeat.trial_steps == [100, 0, 5]  # the failed trial recorded none
+    assert repeat.cumulative_steps == [100, 100, 105]
 
 
 def test_parse_samplers() -> None:

@@ -423,6 +423,8 @@ def test_failing_trainings_fail_with_reason_and_are_never_parents(
         assert by_number[n].state == TrialState.FAIL, (n, by_number[n].state)
         assert isinstance(reason, str) and reason and "\n" not in reason, (n, reason)
     assert reasons[1].startswith("non-finite loss at step"), reasons[1]
+    # what the diverged run cost (a comparison's steps axis counts it)
+    assert 0 < by_number[1].user_attrs["steps"] <= 150
     assert reasons[2] == "RuntimeError: simulated crash in the objective", reasons[2]
     assert "rate_constants_R2" in reasons[3] and "finite" in reasons[3], reasons[3]
     assert "lr_k" in reasons[6] or "learning_rate_k" in reasons[6], reasons[6]

@@ -1,24 +1,26 @@
-"""The comparison's report: ``report.md`` and ``best_so_far.png``, from the storage alone
-(:func:`build_report`), so that it can be rebuilt, and tested on synthetic studies, without
-training."""
+"""The comparison's report: ``report.md``, ``best_so_far.png`` and ``best_vs_steps.png``, from
+the storage alone (:func:`build_report`), so that it can be rebuilt, and tested on synthetic
+studies, without training."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import statistics
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from metab_opt._io import atomic_write
+from metab_opt.compare.plots import plot_best_vs_steps, plot_best_vs_trials
 from metab_opt.compare.results import (
     ATTR,
     EARLY,
+    MAX_STEPS_ATTR,
     THRESHOLDS,
+    RepeatResult,
+    RetrainRun,
     SamplerSummary,
     open_comparison,
     read_repeat,
@@ -113,6 +115,12 @@ def _sampler_notes(samplers: Sequence[str], space: _Space, n_iter_block: int | N
                          f"and the acquisition function is maximised over a categorical by "
                          f"trying each choice (exhaustive search), not by a random fallback.")
     optuna_kinds = [k for k in samplers if k != "ucb"]
+    if space.held and optuna_kinds:
+        held = ", ".join(f"`{k}` = {v}" for k, v in space.held.items())
+        lines.append(f"- Optuna's samplers here ({', '.join(optuna_kinds)}) do not search the "
+                     f"training seed: it is held at the config's value ({held}), as a user "
+                     f"trains a setting. The UCB sampler changes it only to replicate a "
+                     f"setting (its replicate rule).")
     if space.linear_from_zero and optuna_kinds:
         zero = ", ".join(f"`{k}`" for k in space.linear_from_zero)
         lines.append(f"- Knobs whose range starts at 0 ({zero}) are log knobs with 0 as \"off\" "
@@ -131,23 +139,43 @@ class _Space:
     categorical: list[str] = field(default_factory=list)
     n_numeric: int | None = None
     linear_from_zero: list[str] = field(default_factory=list)  # float knobs [0, high], not log
+    held: dict[str, Any] = field(default_factory=dict)  # knobs an Optuna sampler did not search
 
 
 def _space_info(storage: Any, ids: Iterable[int]) -> _Space:
+    """From each study's first trial with params: the knobs' kinds (the searched ones) and the
+    knobs held at one value (single-valued distributions: the seed of Optuna's samplers)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+    space: _Space | None = None
+    held: dict[str, Any] = {}
     for sid in ids:
-        for t in storage.get_all_trials(sid, deepcopy=False):
-            if t.distributions:
-                d = t.distributions
-                return _Space(
-                    categorical=[k for k, v in d.items()
-                                 if isinstance(v, CategoricalDistribution)],
-                    n_numeric=sum(not isinstance(v, CategoricalDistribution) and not v.single()
-                                  for v in d.values()),
-                    linear_from_zero=[k for k, v in d.items() if isinstance(v, FloatDistribution)
-                                      and v.low == 0 and not v.log])
-    return _Space()
+        t = next((t for t in storage.get_all_trials(sid, deepcopy=False) if t.distributions),
+                 None)
+        if t is None:
+            continue
+        d = {k: v for k, v in t.distributions.items() if not v.single()}
+        held.update({k: t.params.get(k) for k, v in t.distributions.items() if v.single()})
+        if space is None:
+            space = _Space(
+                categorical=[k for k, v in d.items() if isinstance(v, CategoricalDistribution)],
+                n_numeric=sum(not isinstance(v, CategoricalDistribution) for v in d.values()),
+                linear_from_zero=[k for k, v in d.items() if isinstance(v, FloatDistribution)
+                                  and v.low == 0 and not v.log])
+    space = space or _Space()
+    space.held = held
+    return space
+
+
+def _caps_of(storage: Any, ids: Iterable[int]) -> list[int | None]:
+    """The ``--max-steps`` caps the studies' trials ran under (None: no cap), in order seen."""
+    seen: list[int | None] = []
+    for sid in ids:
+        for cap in storage.get_study_user_attrs(sid).get(MAX_STEPS_ATTR, []) or []:
+            value = cap if isinstance(cap, int) else None
+            if value not in seen:
+                seen.append(value)
+    return seen
 
 
 def _config_info(storage: Any, ids: Iterable[int]) -> tuple[str | None, int | None, int | None]:
@@ -164,6 +192,17 @@ def _config_info(storage: Any, ids: Iterable[int]) -> tuple[str | None, int | No
         block = body.get("search", {}).get("n_iter_block")
         return path, steps, block if isinstance(block, int) else None
     return None, None, None
+
+
+def _pruner_of(storage: Any, ids: Iterable[int]) -> str | None:
+    """The config's ``search.pruner`` (what every study of the comparison ran with)."""
+    for sid in ids:
+        body = storage.get_study_user_attrs(sid).get(f"{ATTR}config")
+        if isinstance(body, Mapping):
+            search = body.get("search")
+            pruner = search.get("pruner", "none") if isinstance(search, Mapping) else None
+            return str(pruner) if pruner is not None else None
+    return None
 
 
 def _commands_of(storage: Any, ids: Iterable[int]) -> list[str]:
@@ -200,6 +239,24 @@ class CompareReport:
     summaries: dict[str, SamplerSummary]
     random_spread: tuple[float, float, float, float, float] | None
     text: str
+    steps_png: Path | None = None  # best R² against the cumulative training steps
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the report states besides the per-sampler numbers."""
+
+    name: str
+    repeats: int
+    n_trials: int
+    commands: Sequence[str]
+    config_path: str | None
+    base_steps: int | None
+    block: int | None
+    space: _Space
+    spread: tuple[float, ...] | None
+    caps: Sequence[int | None]  # the --max-steps the trials ran under (None: no cap)
+    pruner: str | None = None  # the config's search.pruner
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -207,70 +264,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
 
-def _plot(path: Path, summaries: Mapping[str, SamplerSummary], n_trials: int,
-          title: str) -> None:
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(8.0, 5.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    edges = np.arange(0.5, n_trials + 1.0)
-    shown: list[float] = []
-    for i, (sampler, s) in enumerate(summaries.items()):
-        curves = np.full((max(len(s.repeats), 1), n_trials), np.nan)
-        for j, r in enumerate(s.repeats):
-            c = r.best_so_far()[:n_trials]
-            curves[j, :len(c)] = c
-        have = ~np.all(np.isnan(curves), axis=0)
-        if not have.any():
-            continue
-        with warnings.catch_warnings():  # all-NaN columns (no repeat has an R² yet)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(curves, axis=0)
-            lo = np.nanmin(curves, axis=0)
-            hi = np.nanmax(curves, axis=0)
-        color = f"C{i % 10}"
-        # trial k covers [k - 0.5, k + 0.5]; NaN (no R² yet) leaves a gap
-        ax.stairs(hi, edges, baseline=lo, fill=True, color=color, alpha=0.18, linewidth=0)
-        ax.stairs(med, edges, baseline=None, color=color, lw=2,
-                  label=f"{sampler} ({len(s.repeats)} repeat{'s' if len(s.repeats) != 1 else ''})")
-        shown.extend(float(v) for v in np.concatenate([lo[have], hi[have]]) if math.isfinite(v))
-    for thr in THRESHOLDS:
-        ax.axhline(thr, color="0.6", lw=0.8, ls=":")
-    if shown:
-        low = max(min(shown), -1.0)  # R² can be hugely negative; keep the interesting range
-        high = max(shown)
-        pad = max(0.02, 0.05 * (high - low))
-        ax.set_ylim(low - pad, min(max(high + pad, max(THRESHOLDS) + 0.02), 1.02))
-        if min(shown) < -1.0:
-            ax.text(0.01, 0.01, "y axis cut at -1", transform=ax.transAxes, fontsize=8,
-                    color="0.4")
-    ax.set_xlim(0.5, n_trials + 0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial number")
-    ax.set_ylabel("best rate_constants_R2 so far")
-    ax.set_title(f"{title}\nmedian over repeats (line), min–max (band); dotted: "
-                 f"{', '.join(_num(t) for t in THRESHOLDS)}", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    if shown:
-        ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    fig.clear()
-    _atomic_write(path, buf.getvalue())
-
-
 def build_report(storage: Any, name: str, samplers: Sequence[str], repeats: int, n_trials: int,
                  *, command: str, out_dir: str | Path) -> CompareReport:
-    """Write ``report.md`` and ``best_so_far.png`` in ``out_dir`` from the storage alone.
+    """Write ``report.md``, ``best_so_far.png`` and ``best_vs_steps.png`` in ``out_dir`` from
+    the storage alone.
 
     ``storage`` is an Optuna storage or a storage URL. Studies are found by name
     (``<name>__<sampler>__r<k>``); a missing study or an unfinished one is reported as such.
-    Failed trials count as a missing R² (they still count as trials).
+    Failed trials count as a missing R² (they still count as trials). A finished study's
+    retrained incumbent is read from its user attrs (:mod:`metab_opt.compare.retrain`).
     """
     storage = open_comparison(storage)
     out = Path(out_dir)
@@ -284,7 +286,6 @@ def build_report(storage: Any, name: str, samplers: Sequence[str], repeats: int,
         summaries[sampler] = summarize(sampler, reps, repeats, n_trials)
 
     config_path, base_steps, block = _config_info(storage, ids)
-    space = _space_info(storage, ids)
     # The commands that ran trials, as recorded in the studies; ``command`` stands in when
     # none is (studies made by other means).
     commands = _commands_of(storage, ids) or ([command] if command else [])
@@ -292,35 +293,78 @@ def build_report(storage: Any, name: str, samplers: Sequence[str], repeats: int,
     if "random" in summaries:
         vals = _random_values(summaries["random"])
         spread = _quartiles(vals) if vals else None
+    facts = _Facts(name=name, repeats=repeats, n_trials=n_trials, commands=commands,
+                   config_path=config_path, base_steps=base_steps, block=block,
+                   space=_space_info(storage, ids), spread=spread, caps=_caps_of(storage, ids),
+                   pruner=_pruner_of(storage, ids))
 
     png = out / "best_so_far.png"
+    steps_png = out / "best_vs_steps.png"
     config_name = Path(config_path).stem if config_path else "unknown"
-    _plot(png, summaries, n_trials, f"{name}: {config_name}, {n_trials} trials per study")
-    text = _report_text(name, summaries, repeats, n_trials, commands=commands,
-                        config_path=config_path, base_steps=base_steps, block=block,
-                        space=space, spread=spread)
+    title = f"{name}: {config_name}, {n_trials} trials per study"
+    plot_best_vs_trials(png, summaries, n_trials, title)
+    cap = facts.caps[0] if len(facts.caps) == 1 else None
+    plot_best_vs_steps(steps_png, summaries, title + (f", at most {cap:,} steps each"
+                                                      if cap else ""),
+                       budget=n_trials * cap if cap else None)
+    text = _report_text(summaries, facts)
     path = out / "report.md"
     _atomic_write(path, text.encode())
     return CompareReport(path=path, png=png, summaries=summaries, random_spread=spread,
-                         text=text)
+                         text=text, steps_png=steps_png)
 
 
-def _report_text(name: str, summaries: Mapping[str, SamplerSummary], repeats: int,
-                 n_trials: int, *, commands: Sequence[str], config_path: str | None,
-                 base_steps: int | None, block: int | None, space: _Space,
-                 spread: tuple[float, ...] | None) -> str:
-    lines = [f"# Sampler comparison `{name}`", ""]
-    lines += ["Produced by:", ""]
-    lines += [f"```\n{c}\n```" for c in commands] or ["(command not recorded)"]
+def _budget(summaries: Mapping[str, SamplerSummary], facts: _Facts) -> str:
+    """The per-trial step budget (every sampler's), and the steps as run."""
+    base = facts.base_steps
+    asks = f"the config's base values ask for {base:,}" if base else "base steps unknown"
+    caps = list(facts.caps)
+    if len(caps) == 1 and caps[0] is not None:
+        text = (f"at most {caps[0]:,} training steps per trial, the same for every sampler "
+                f"(`--max-steps {caps[0]}`; {asks}); a trial whose settings ask for fewer runs "
+                f"fewer, a pruned trial stops early")
+    elif caps == [None]:
+        text = (f"no step cap (`--max-steps` not given): each trial runs the steps its "
+                f"settings ask for ({asks})")
+    elif caps:
+        shown = ", ".join("none" if c is None else f"{c:,}" for c in caps)
+        text = f"mixed: the trials ran under different step caps ({shown}); {asks}"
+    else:
+        text = (f"{base:,} steps per trial at the config's base values" if base
+                else "base steps unknown")
     all_steps = [st for s in summaries.values() for r in s.repeats for st in r.steps]
-    budget = f"{base_steps:,} steps per trial at the config's base values" if base_steps else (
-        "base steps unknown")
+    totals = [sum(r.trial_steps) for s in summaries.values() for r in s.repeats
+              if r.n >= facts.n_trials and r.trial_steps]
     if all_steps:
-        budget += (f"; as run (the search may change the duration): median "
-                   f"{statistics.median(all_steps):,g}, {min(all_steps):,}–{max(all_steps):,}")
-    config_name = Path(config_path).stem if config_path else "unknown"
-    lines += ["", f"- config: `{config_name}` ({config_path or 'not recorded'})",
-              f"- training budget: {budget}",
+        text += (f"; as run (the search may change the duration): median "
+                 f"{statistics.median(all_steps):,g} per trial, "
+                 f"{min(all_steps):,}–{max(all_steps):,}")
+    if totals:
+        text += f"; a finished study's trials: median {statistics.median(totals):,g} steps"
+    if facts.pruner is not None:
+        text += (f"; pruner `{facts.pruner}` (the config's `search.pruner`) for every sampler"
+                 if facts.pruner != "none" else "; no pruner (the config's `search.pruner`)")
+    return text
+
+
+def _retrain_seeds(summaries: Mapping[str, SamplerSummary]) -> list[int]:
+    seeds: list[int] = []
+    for s in summaries.values():
+        for r in s.repeats:
+            for seed in r.retrain.seeds if r.retrain is not None else ():
+                if seed not in seeds:
+                    seeds.append(seed)
+    return seeds
+
+
+def _report_text(summaries: Mapping[str, SamplerSummary], facts: _Facts) -> str:
+    repeats, n_trials = facts.repeats, facts.n_trials
+    lines = [f"# Sampler comparison `{facts.name}`", ""]
+    lines += ["Produced by:", ""]
+    lines += [f"```\n{c}\n```" for c in facts.commands] or ["(command not recorded)"]
+    config_name = Path(facts.config_path).stem if facts.config_path else "unknown"
+    lines += ["", f"- config: `{config_name}` ({facts.config_path or 'not recorded'})",
+              f"- per-trial step budget: {_budget(summaries, facts)}",
               f"- {_plural(len(summaries), 'sampler')} x {_plural(repeats, 'repeat')} "
               f"(sampler seeds 0..{repeats - 1})"
               f" x {n_trials} trials, the same dataset and objective (rate_constants_R2, "
@@ -332,43 +376,32 @@ def _report_text(name: str, summaries: Mapping[str, SamplerSummary], repeats: in
     elif baselines and "ucb" in summaries:
         lines.append("- start: the UCB sampler's first trial is the config's base values; "
                      "Optuna's samplers were not given it (they start from their own draws)")
-    lines += ["", "![best so far](best_so_far.png)", "", "## Results", ""]
-    early = EARLY < n_trials
-    head = ["sampler", "repeats"]
-    if early:
-        head.append(f"median best R² after {EARLY}")
-    head.append(f"median best R² after {n_trials}")
-    head += [f"trials to R² ≥ {_num(t)}" for t in THRESHOLDS]
-    head += ["failed trials", "wall time (sum)", "per trial", "steps per trial"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for sampler, s in summaries.items():
-        done = f"{s.complete_repeats}/{repeats}"
-        if len(s.repeats) < repeats:
-            done += f" ({repeats - len(s.repeats)} not started)"
-        row = [sampler, done]
-        if early:
-            row.append(_best_cell(s.median_best_early,
-                                  [r.best_within(EARLY) for r in s.repeats], repeats))
-        row.append(_best_cell(s.median_best_final,
-                              [r.best_within(n_trials) for r in s.repeats], repeats))
-        row += [_trials_to_cell(s, t) for t in THRESHOLDS]
-        row.append(f"{s.failed} of {s.total_trials}")
-        mean = s.mean_trial_seconds
-        row += [minutes(s.wall_seconds), f"{mean:.1f} s" if mean is not None else "n/a"]
-        steps = [st for r in s.repeats for st in r.steps]
-        row.append(f"{statistics.median(steps):,g}" if steps else "n/a")
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Best R²: median over repeats (min–max in brackets). Trials to a threshold: "
+    seeds = _retrain_seeds(summaries)
+    lines.append("- what a user gets: when a study has its trials, its final incumbent (the "
+                 "replicate group with the best mean R², as `metab-opt best` exports it) is "
+                 "trained again with new training seeds"
+                 + (f" ({', '.join(map(str, seeds))})" if seeds else "")
+                 + " at the same step cap; its **replicate-confirmed R²** is the mean over the "
+                 "incumbent's runs in the study and those retrains (a failed run counts 0)")
+    lines += ["", "![best so far](best_so_far.png)", "",
+              "![best against cumulative training steps](best_vs_steps.png)", "",
+              "## Results", ""]
+    lines += _table(summaries, facts)
+    lines += ["", "Best R²: median over repeats (min–max in brackets). Replicate-confirmed: the "
+              "same over repeats of each study's replicate-confirmed R² (n/a until its retrains "
+              "are done). Trials to a threshold: "
               "median over repeats of the first trial whose R² reached it (each repeat's value "
               "in brackets, – = not reached); \"not reached\" when any repeat never reached it. "
               "Wall time: the sum of the trials' durations. Steps per trial: the median "
-              "training steps (the search may lengthen training). A failed trial has no R² but "
-              "counts as a trial."]
+              "training steps (the search may lengthen training); steps per study: the median "
+              "over finished repeats of the training steps of all their trials. A failed trial "
+              "has no R² but counts as a trial."]
     lines += _ranking(summaries, n_trials)
+    lines += _retrain_section(summaries)
     lines += ["", "## Does the objective separate good settings from bad?", ""]
-    if spread is not None:
+    if facts.spread is not None:
         vals = _random_values(summaries["random"])
-        lo, q1, med, q3, hi = spread
+        lo, q1, med, q3, hi = facts.spread
         lines.append(f"rate_constants_R2 over the {_plural(len(vals), 'random-sampler trial')} "
                      f"with an R² "
                      f"(settings drawn at random from the whole search space; the enqueued "
@@ -381,30 +414,121 @@ def _report_text(name: str, summaries: Mapping[str, SamplerSummary], repeats: in
     else:
         lines.append("The random sampler is not part of this comparison.")
     lines += ["", "## Samplers", ""]
-    lines += _sampler_notes(list(summaries), space, block)
-    lines += ["", "## Studies", "", "| study | trials | failed | best R² | at trial | wall time |",
-              "|---|---|---|---|---|---|"]
+    lines += _sampler_notes(list(summaries), facts.space, facts.block)
+    lines += ["", "## Studies", "",
+              "| study | trials | failed | best R² | at trial | training steps "
+              "| replicate-confirmed R² | wall time |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in summaries.values():
         for r in s.repeats:
             best = r.best_within(r.n) if r.n else None
             at = r.values.index(best) + 1 if best is not None else None
+            steps = f"{sum(r.trial_steps):,}" if r.trial_steps else "n/a"
             lines.append(f"| {r.study} | {r.n}/{n_trials} | {r.failed} | {f3(best)} | "
-                         f"{at if at is not None else '–'} | {minutes(sum(r.seconds))} |")
+                         f"{at if at is not None else '–'} | {steps} | "
+                         f"{f3(r.replicate_mean)} | {minutes(sum(r.seconds))} |")
     return "\n".join(lines) + "\n"
 
 
-def _ranking(summaries: Mapping[str, SamplerSummary], n_trials: int) -> list[str]:
-    ranked = sorted(((s.median_best_final, k) for k, s in summaries.items()
-                     if s.median_best_final is not None), reverse=True)
-    if len(ranked) < 2:
-        return []
-    order = " > ".join(f"{k} {f3(v)}" for v, k in ranked)
-    lines = ["", f"Ranking by median best R² after {n_trials} trials: {order}."]
-    if "ucb" in summaries and summaries["ucb"].median_best_final is not None:
-        ucb = summaries["ucb"].median_best_final
-        others = [(v, k) for v, k in ranked if k != "ucb"]
-        if others:
-            v, k = others[0]
-            verdict = "ahead of" if ucb > v else "tied with" if ucb == v else "behind"
-            lines.append(f"UCB is {verdict} the best baseline ({k}) by {ucb - v:+.3f}.")
+def _table(summaries: Mapping[str, SamplerSummary], facts: _Facts) -> list[str]:
+    repeats, n_trials = facts.repeats, facts.n_trials
+    early = EARLY < n_trials
+    head = ["sampler", "repeats"]
+    if early:
+        head.append(f"median best R² after {EARLY}")
+    head.append(f"median best R² after {n_trials}")
+    head.append("replicate-confirmed R²")
+    head += [f"trials to R² ≥ {_num(t)}" for t in THRESHOLDS]
+    head += ["failed trials", "wall time (sum)", "per trial", "steps per trial",
+             "steps per study"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for sampler, s in summaries.items():
+        done = f"{s.complete_repeats}/{repeats}"
+        if len(s.repeats) < repeats:
+            done += f" ({repeats - len(s.repeats)} not started)"
+        row = [sampler, done]
+        if early:
+            row.append(_best_cell(s.median_best_early,
+                                  [r.best_within(EARLY) for r in s.repeats], repeats))
+        row.append(_best_cell(s.median_best_final,
+                              [r.best_within(n_trials) for r in s.repeats], repeats))
+        row.append(_best_cell(s.median_replicate, [r.replicate_mean for r in s.repeats],
+                              repeats))
+        row += [_trials_to_cell(s, t) for t in THRESHOLDS]
+        row.append(f"{s.failed} of {s.total_trials}")
+        mean = s.mean_trial_seconds
+        row += [minutes(s.wall_seconds), f"{mean:.1f} s" if mean is not None else "n/a"]
+        steps = [st for r in s.repeats for st in r.steps]
+        row.append(f"{statistics.median(steps):,g}" if steps else "n/a")
+        totals = [sum(r.trial_steps) for r in s.repeats if r.n >= n_trials and r.trial_steps]
+        row.append(f"{statistics.median(totals):,g}" if totals else "n/a")
+        lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def _runs_cell(runs: Sequence[RetrainRun], *, label: str) -> str:
+    if not runs:
+        return "–"
+    return ", ".join(f"{label} {r.trial if label == 'trial' else r.seed}: "
+                     f"{'failed' if r.r2 is None else f3(r.r2)}" for r in runs)
+
+
+def _retrain_section(summaries: Mapping[str, SamplerSummary]) -> list[str]:
+    """Each finished study's incumbent: its runs in the study, its retrains, their mean."""
+    rows: list[RepeatResult] = [r for s in summaries.values() for r in s.repeats]
+    lines = ["", "## What a user gets: each study's final incumbent, trained again", ""]
+    if not any(r.retrain is not None for r in rows):
+        lines.append("No study has finished its trials and retrained its incumbent yet.")
+        return lines
+    lines += ["| study | incumbent's runs in the study | retrains | replicate-confirmed R² |",
+              "|---|---|---|---|"]
+    for r in rows:
+        rec = r.retrain
+        if rec is None:
+            continue
+        pending = f" (pending: seed {', '.join(map(str, rec.missing))})" if rec.missing else ""
+        lines.append(f"| {r.study} | {_runs_cell(rec.in_study, label='trial')} | "
+                     f"{_runs_cell(rec.runs, label='seed')}{pending} | "
+                     f"{f3(rec.replicate_mean)} |")
+    lines += ["", "Each retrain is `metab-opt train --config <the incumbent> --set "
+              "training.seed=S --max-steps <cap>`, run in process; its config and metrics are "
+              "under `<study>/retrains/seed_<S>/`. `metab-opt best <study> --storage <the "
+              "comparison's storage>` writes a study's incumbent as a config."]
+    return lines
+
+
+def _ranking(summaries: Mapping[str, SamplerSummary], n_trials: int) -> list[str]:
+    confirmed = sorted(((s.median_replicate, k) for k, s in summaries.items()
+                        if s.median_replicate is not None), reverse=True)
+    single = sorted(((s.median_best_final, k) for k, s in summaries.items()
+                     if s.median_best_final is not None), reverse=True)
+    if len(confirmed) >= 2:
+        order = " > ".join(f"{k} {f3(v)}" for v, k in confirmed)
+        pending = [k for k, s in summaries.items() if s.median_replicate is None]
+        more = f" (not confirmed yet: {', '.join(pending)})" if pending else ""
+        lines = ["", f"Ranking by median replicate-confirmed R² (each study's final incumbent: "
+                     f"the mean over its runs in the study and its retrains; median over "
+                     f"repeats): {order}{more}."]
+        lines += _verdict(summaries, confirmed, "median_replicate")
+        if len(single) >= 2:
+            lines.append(f"By the best single trial (median best R² after {n_trials} trials, "
+                         f"not replicate-confirmed): "
+                         f"{' > '.join(f'{k} {f3(v)}' for v, k in single)}.")
+        return lines
+    if len(single) < 2:
+        return []
+    order = " > ".join(f"{k} {f3(v)}" for v, k in single)
+    lines = ["", f"Ranking by median best R² after {n_trials} trials: {order} (single trials: "
+                 f"no replicate-confirmed result for two samplers yet)."]
+    return lines + _verdict(summaries, single, "median_best_final")
+
+
+def _verdict(summaries: Mapping[str, SamplerSummary], ranked: Sequence[tuple[float, str]],
+             attr: str) -> list[str]:
+    ucb = getattr(summaries["ucb"], attr) if "ucb" in summaries else None
+    others = [(v, k) for v, k in ranked if k != "ucb"]
+    if ucb is None or not others:
+        return []
+    v, k = others[0]
+    verdict = "ahead of" if ucb > v else "tied with" if ucb == v else "behind"
+    return [f"UCB is {verdict} the best baseline ({k}) by {ucb - v:+.3f}."]

@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from metab_opt.compare.report import CompareReport, build_report, f3, minutes
-from metab_opt.compare.results import ATTR, counted, studies_of, study_name
+from metab_opt.compare.results import ATTR, MAX_STEPS_ATTR, counted, studies_of, study_name
+from metab_opt.compare.retrain import DEFAULT_RETRAIN_SEEDS, describe_result, retrain_incumbent
 from metab_opt.config import Config, ConfigError
 from metab_opt.logbook import trial_r2
 from metab_opt.runner import run_study
 from metab_opt.storage import open_storage
 from metab_opt.study import SAMPLERS, make_sampler, open_study
 
-__all__ = ["check_sampler_packages", "parse_samplers", "run_compare"]
+__all__ = ["check_sampler_packages", "parse_samplers", "parse_seeds", "run_compare"]
 
 # Optional packages an Optuna sampler needs at its first relative sample (not at import).
 _SAMPLER_NEEDS = {"cmaes": ("cmaes", "cmaes"), "gp": ("scipy", "scipy")}
@@ -92,17 +93,49 @@ def _record_command(study: Any, command: str) -> None:
         study.set_user_attr(f"{ATTR}compare_commands", [*cmds, command])
 
 
+def _record_max_steps(study: Any, max_steps: int | None) -> None:
+    """The step caps the study's trials ran under (None: none), for the report's budget line."""
+    caps = list(study.user_attrs.get(MAX_STEPS_ATTR, []) or [])
+    if max_steps not in caps:
+        study.set_user_attr(MAX_STEPS_ATTR, [*caps, max_steps])
+
+
+def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"101,202"`` -> ``(101, 202)``: distinct training seeds >= 0 (ConfigError otherwise)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out: list[int] = []
+    for raw in items:
+        word = str(raw).strip()
+        if not word:
+            continue
+        try:
+            seed = int(word)
+        except ValueError:
+            seed = -1
+        if seed < 0 or seed in out:
+            raise ConfigError(f"--retrain-seeds: expected distinct integers >= 0 separated by "
+                              f"commas, got {text!r}")
+        out.append(seed)
+    if not out:
+        raise ConfigError(f"--retrain-seeds: expected at least one training seed, got {text!r}")
+    return tuple(out)
+
+
 def run_compare(cfg: Config, *, samplers: Sequence[str], n_trials: int = 24, repeats: int = 3,
                 root: str | Path = "studies", name: str | None = None,
                 storage_url: str | None = None, n_jobs: int = 1, device: str = "auto",
                 data_root: str | Path | None = None, max_steps: int | None = None,
                 heartbeat_interval: int = 10, grace_period: int = 60, command: str = "",
                 enqueue_base: bool = True, threads: int | None = 1,
+                retrain_seeds: Sequence[int] = DEFAULT_RETRAIN_SEEDS,
                 stream: TextIO | None = None) -> CompareReport:
     """Run (or resume) the comparison and write its report; returns the report.
 
     Studies run interleaved (repeat 0 of every sampler, then repeat 1, ...); each runs only the
-    trials it is missing. ``enqueue_base``: a new study of an Optuna sampler gets the config's
+    trials it is missing, then, once it has all ``n_trials``, its final incumbent is trained
+    again with each of ``retrain_seeds`` it lacks (:mod:`metab_opt.compare.retrain`; stored in
+    the study, so never twice). Every trial and retrain is capped at ``max_steps`` training
+    steps. ``enqueue_base``: a new study of an Optuna sampler gets the config's
     base values as its first trial (the UCB sampler starts there anyway). ``threads``: torch
     CPU threads for the whole run (1: on a small shared CPU, a second OpenMP thread makes the
     end-of-run evaluation many times slower; None keeps torch's setting). The report is
@@ -112,6 +145,7 @@ def run_compare(cfg: Config, *, samplers: Sequence[str], n_trials: int = 24, rep
 
     kinds = parse_samplers(samplers)
     check_sampler_packages(kinds)
+    seeds = parse_seeds(retrain_seeds)
     if n_trials < 1 or repeats < 1:
         raise ConfigError(f"--n-trials and --repeats must be >= 1, got {n_trials}, {repeats}")
     name = name or f"compare_{cfg.name}"
@@ -134,7 +168,8 @@ def run_compare(cfg: Config, *, samplers: Sequence[str], n_trials: int = 24, rep
     run = _Run(cfg=cfg, name=name, folder=folder, url=url, n_trials=n_trials, n_jobs=n_jobs,
                device=device, data=data, max_steps=max_steps,
                heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-               command=command, enqueue_base=enqueue_base, stream=stream)
+               command=command, enqueue_base=enqueue_base, retrain_seeds=seeds,
+               stream=stream)
     try:
         with warnings.catch_warnings():  # Optuna's experimental-feature notices, per study
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -146,7 +181,7 @@ def run_compare(cfg: Config, *, samplers: Sequence[str], n_trials: int = 24, rep
             report()
         raise
     result = report()
-    _say(stream, f"report: {result.path} and {result.png}")
+    _say(stream, f"report: {result.path}, {result.png} and {result.steps_png}")
     return result
 
 
@@ -167,20 +202,38 @@ class _Run:
     grace_period: int
     command: str
     enqueue_base: bool
+    retrain_seeds: tuple[int, ...]
     stream: TextIO | None
 
 
 def _run_one(run: _Run, storage: Any, kind: str, k: int, tag: str) -> None:
-    """Run the missing trials of one study, with a progress line before and after."""
-    from optuna.trial import TrialState
-
+    """Run the missing trials of one study, then the missing retrains of its final
+    incumbent, with progress lines."""
     sname = study_name(run.name, kind, k)
     study = open_study(run.cfg, name=sname, storage=storage,
                        sampler=make_sampler(kind, run.cfg, k), sampler_kind=kind)
+    head = f"{tag} {sname}"
+    _run_trials(run, study, kind, k, head)
+
+    def say(text: str) -> None:
+        _say(run.stream, f"{head}: {text}")
+
+    record = retrain_incumbent(run.cfg, storage, sname, n_trials=run.n_trials,
+                               seeds=run.retrain_seeds, max_steps=run.max_steps,
+                               out_dir=run.folder / sname / "retrains", data_root=run.data,
+                               device=run.device, say=say)
+    if record is not None:
+        say(describe_result(record))
+
+
+def _run_trials(run: _Run, study: Any, kind: str, k: int, head: str) -> None:
+    """Run the trials the study is missing (none: one line saying so)."""
+    from optuna.trial import TrialState
+
+    sname = study.study_name
     trials = study.get_trials(deepcopy=False)
     done = len(counted(trials))
     missing = max(0, run.n_trials - done)
-    head = f"{tag} {sname}"
     if missing == 0:
         _say(run.stream, f"{head}: {done}/{run.n_trials} trials done, nothing to run")
         return
@@ -189,6 +242,7 @@ def _run_one(run: _Run, storage: Any, kind: str, k: int, tag: str) -> None:
         # the start of every study (also after the first run was interrupted before it counted)
         study.enqueue_trial(run.cfg.base_params())
     _record_command(study, run.command)
+    _record_max_steps(study, run.max_steps)
     _say(run.stream, f"{head}: {done}/{run.n_trials} trials done, running {missing} "
                      f"(sampler {kind}, seed {k})")
     t0 = time.perf_counter()

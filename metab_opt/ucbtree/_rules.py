@@ -8,6 +8,7 @@ so every worker that reads the same storage decides the same way.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,8 @@ import numpy as np
 from optuna.logging import get_logger
 from optuna.trial import FrozenTrial, TrialState
 
+from . import _model, _ranked, _survey
 from . import _mutation as mut
-from . import _survey
 from . import _tree as tree
 from ._knob import Knob, Roles
 from ._optuna_internals import fixed_params
@@ -55,6 +56,10 @@ class Settings:
     value_name: str  # how the parent rules name the objective ("value", "R2")
     owner: str  # the sampler's class name, for messages
     survey: int = 0  # survey trials after the root of block 1 (0: no survey)
+    # Rank a parent's candidate moves by a model of every finished trial (:mod:`._model`)
+    # instead of the fixed exploration order; and let the duration rule shorten a plateaued
+    # incumbent's runs.
+    model: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -229,6 +234,21 @@ class Planner:
     def group_size(self, node: tree.Node) -> int:
         return sum(1 for n in self.nodes if n.group == node.group)
 
+    @functools.cached_property
+    def model(self) -> _model.MoveModel | None:
+        """The move model of every finished trial (None: off, or too few trials)."""
+        if not self.s.model:
+            return None
+        return _ranked.fit(self)
+
+    def model_step(self, strategy: str, ends_only: bool = False) -> Decision | None:
+        """The move the model ranks first (:func:`._ranked.ranked_move`), or None."""
+        found = _ranked.ranked_move(self, strategy, ends_only=ends_only)
+        if found is None:
+            return None
+        parent, params, change, rule = found
+        return Decision(params, parent, strategy, (change,), rule)
+
     def last(self, k: int) -> list[tree.Node] | None:
         return self.order[-k:] if len(self.order) >= k else None
 
@@ -392,6 +412,9 @@ class Planner:
         recent = self.last(_STREAK_BOUNDARY)
         if recent is None or not all(self.status(n) == CONVERGED for n in recent):
             return None
+        ranked = self.model_step("boundary-probe", ends_only=True)
+        if ranked is not None:
+            return ranked
         # The knob probed least in this block first, so successive probes cover the knobs.
         probes = {k.name: 0 for k in self.mutable}
         for m in self.members:
@@ -420,21 +443,49 @@ class Planner:
         knob = self.by_name[name]
         top = self.scores[0].node
         curve = [(step, self.sign * v) for step, v in top.intermediate]
-        if not mut.is_rising(curve, self.s.rising_gain):
+        if mut.is_rising(curve, self.s.rising_gain):
+            direction = mut.UP
+        elif self.s.model and self.shorten_ok(top, curve):
+            direction = mut.DOWN
+        else:
             return None
         old = top.params[knob.name]
-        new = mut.neighbour(knob, old, mut.UP, self.anchors[knob.name])
+        new = mut.neighbour(knob, old, direction, self.anchors[knob.name])
         if new is None:
             return None
         change = (knob.name, old, new)
         params = self.apply(top.params, [change])
         if params is None:
             return None
-        trend = "rising" if self.sign > 0 else "falling"
-        rule = (self.parents()[0].describe("duration")
-                + f"; its {self.s.value_name} was still {trend} over the last quarter of "
-                  f"training")
+        if direction == mut.UP:
+            trend = "rising" if self.sign > 0 else "falling"
+            why = (f"; its {self.s.value_name} was still {trend} over the last quarter of "
+                   f"training")
+        else:
+            why = (f"; its {self.s.value_name} gained less than {self.s.follow_gain:g} over "
+                   f"the second half of training: a shorter run may do as well")
+        rule = self.parents()[0].describe("duration") + why
         return Decision(params, top.number, "duration", (change,), rule)
+
+    def shorten_ok(self, top: tree.Node, curve: Sequence[tuple[int, float]]) -> bool:
+        """Whether the duration rule may shorten ``top``'s runs: it completed (a pruned curve
+        stops early), is not failed, is in the incumbent's replicate group, its curve was flat
+        over the second half of training (a gain below ``follow_gain``, the least that counts
+        as better) and no trial of this block has shortened them yet (one try per block: a
+        shorter run that does worse is not retried every trial)."""
+        if top.state != TrialState.COMPLETE or self.status(top) == FAILED or len(curve) < 4:
+            return False
+        # Only the incumbent's runs: how long a trial needs is learnt where it pays.
+        best = tree.incumbent(self.nodes)
+        if best is None or best.node.group != top.group:
+            return False
+        if any(m.strategy == "duration" and any(
+                n == self.s.roles.duration and mut.direction_of(
+                    self.by_name[n], o, v, self.anchors[n]) == mut.DOWN
+                for n, o, v in m.changes) for m in self.members):
+            return False
+        half = curve[len(curve) // 2 - 1][1]
+        return curve[-1][1] - half < self.s.follow_gain
 
     def explore(self) -> Decision | None:
         recent = self.last(_STREAK_EXPLORE)
@@ -458,7 +509,7 @@ class Planner:
         index = {k.name: i for i, k in enumerate(self.mutable)}
         order = sorted(self.mutable, key=lambda k: (k.name in running, last_moved[k.name],
                                                     index[k.name]))
-        return self._first_step(order, "explore")
+        return self.model_step("explore") or self._first_step(order, "explore")
 
     def exploit(self) -> Decision | None:
         # Knobs that have not paid off go last: in a 72-trial study one knob took 36 steps, 13
@@ -466,7 +517,7 @@ class Planner:
         exhausted = {k.name for k in self.mutable
                      if self.memory.exhausted(k.name, _EXHAUSTED_TRIES)}
         order = sorted(self.mutable, key=lambda k: k.name in exhausted)
-        return self._first_step(order, "exploit")
+        return self.model_step("exploit") or self._first_step(order, "exploit")
 
     def follow_through(self, parent: _Parent) -> tuple[Knob, int] | None:
         """The knob (and direction) of the one-step move that made ``parent`` (not failed)

@@ -84,6 +84,12 @@ class UCBSampler(BaseSampler):
             design over the knobs' lattices (strategy ``survey``), before the rules narrow the
             tree; the seed, duration and ``survey_fixed`` knobs stay at the root's values.
             0 (the default): no survey. At most ``n_iter_block - 1``.
+        model:
+            Rank the candidate moves of the exploit, explore and boundary-probe rules by a
+            Gaussian-process model of every finished trial (:mod:`._model`; from its sixth
+            finished trial on) instead of a fixed knob order, and let the duration rule also
+            shorten the runs of an incumbent whose curve was flat over its second half.
+            False (the default): the fixed orders, duration only lengthens.
         ucb_c:
             The exploration constant ``c`` of ``score + c * sqrt(N) / (1 + V)``.
         seed:
@@ -119,6 +125,7 @@ class UCBSampler(BaseSampler):
         roles: Roles | None = None,
         n_iter_block: int = 12,
         survey: int = 0,
+        model: bool = False,
         ucb_c: float = 1.414,
         seed: int | None = None,
         converged: float | None = None,
@@ -157,6 +164,8 @@ class UCBSampler(BaseSampler):
                 or not 0 <= survey <= n_iter_block - 1):
             raise ValueError(f"survey: expected an integer in [0, n_iter_block - 1 = "
                              f"{n_iter_block - 1}], got {survey!r}")
+        if not isinstance(model, bool):
+            raise ValueError(f"model: expected True or False, got {model!r}")
         ucb_c = _number("ucb_c", ucb_c, minimum=0.0)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or not 0 <= seed < 2**32):
@@ -178,7 +187,7 @@ class UCBSampler(BaseSampler):
             follow_gain=_number("follow_gain", follow_gain, minimum=0.0),
             rising_gain=_number("rising_gain", rising_gain, minimum=0.0),
             degenerate=degenerate, value_name=str(value_name), owner=type(self).__name__,
-            survey=survey)
+            survey=survey, model=model)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         self._search_space = dict(space)
         # Parsed nodes of finished trials, per storage, study and direction. Only a speed-up:

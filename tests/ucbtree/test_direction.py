@@ -71,8 +71,9 @@ def degenerate(sign: float) -> Callable[[FrozenTrial], bool]:
     return check
 
 
-def study_of(sign: float, seed: int) -> optuna.Study:
+def study_of(sign: float, seed: int, model: bool = False) -> optuna.Study:
     sampler = UCBSampler(search_space=SPACE, roles=ROLES, seed=seed, n_iter_block=10, survey=2,
+                         model=model,
                          converged=sign * 0.6, failed=sign * -1.0, failed_value=sign * -3.0,
                          degenerate=degenerate(sign), follow_gain=0.01, rising_gain=0.001)
     study = optuna.create_study(direction="maximize" if sign > 0 else "minimize",
@@ -88,9 +89,12 @@ def decisions(study: optuna.Study) -> list[tuple[Any, ...]]:
              t.system_attrs[RECORD_KEY]["params"]) for t in study.trials]
 
 
+@pytest.mark.parametrize("model", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_a_minimized_study_decides_as_its_maximized_mirror(seed: int) -> None:
-    up, down = study_of(1.0, seed), study_of(-1.0, seed)
+def test_a_minimized_study_decides_as_its_maximized_mirror(seed: int, model: bool) -> None:
+    # With the move model too: it ranks normal scores of sign * value, so the mirror has the
+    # same ranks, the same fit and the same choices.
+    up, down = study_of(1.0, seed, model), study_of(-1.0, seed, model)
     assert decisions(down) == decisions(up)
     fired = {d[0] for d in decisions(up)}
     assert fired == set(STRATEGIES), fired
