@@ -100,13 +100,13 @@ def _no_abbreviations(p: argparse.ArgumentParser) -> None:
     p.allow_abbrev = False
 
 
-def _add_study_common(p: argparse.ArgumentParser) -> None:
+def _add_study_common(p: argparse.ArgumentParser, db: str = "study.db") -> None:
     """The options ``study`` and ``compare`` share: config, storage, workers, heartbeats."""
     _no_abbreviations(p)
     _add_config(p)
     p.add_argument("--root", default="studies", help="output root (default: studies/)")
     p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default: sqlite:///<root>/<name>/study.db)")
+                   help=f"Optuna storage URL (default: sqlite:///<root>/<name>/{db})")
     p.add_argument("--n-jobs", type=_positive_int, default=1, help="parallel trials (threads)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--data-root", default=None, help="dataset cache (default: <root>/data)")
@@ -135,7 +135,7 @@ def _add_study_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    _add_study_common(p)
+    _add_study_common(p, db="compare.db")
     p.add_argument("--samplers", default="ucb,tpe,random",
                    help=f"comma-separated, from {','.join(SAMPLERS)}")
     p.add_argument("--n-trials", type=_positive_int, default=24)
