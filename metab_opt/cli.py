@@ -134,6 +134,15 @@ def _add_study_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip each trial's plots and artifacts (metrics and logs unchanged)")
 
 
+def _add_finished_study(p: argparse.ArgumentParser) -> None:
+    """The arguments that name an existing study: ``best`` and ``prune-check``."""
+    _no_abbreviations(p)
+    p.add_argument("name", help="study name (its folder under --root)")
+    p.add_argument("--root", default="studies", help="output root (default: studies/)")
+    p.add_argument("--storage", default=None,
+                   help="storage URL (default: sqlite:///<root>/<name>/study.db)")
+
+
 def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
     _add_study_common(p, db="compare.db")
     p.add_argument("--samplers", default="ucb,tpe,random",
@@ -201,20 +210,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_study_arguments(sub.add_parser("study", help="run or resume a study"))
     _add_compare_arguments(sub.add_parser("compare", help="UCB vs Optuna's samplers"))
     p = sub.add_parser("best", help="write the study's incumbent as a runnable config")
-    _no_abbreviations(p)
-    p.add_argument("name", help="study name (its folder under --root)")
-    p.add_argument("--root", default="studies", help="output root (default: studies/)")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: sqlite:///<root>/<name>/study.db)")
+    _add_finished_study(p)
     p.add_argument("--out", default=None,
                    help="the config file to write (default: <root>/<name>/<name>_best.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p = sub.add_parser("prune-check", help="replay the safe pruner on a finished study")
-    _no_abbreviations(p)
-    p.add_argument("name", help="study name (its folder under --root)")
-    p.add_argument("--root", default="studies", help="output root (default: studies/)")
-    p.add_argument("--storage", default=None,
-                   help="storage URL (default: sqlite:///<root>/<name>/study.db)")
+    _add_finished_study(p)
     _add_dashboard_arguments(sub.add_parser("dashboard", help="browse a study in optuna-dashboard"))
     return parser
 
