@@ -166,7 +166,9 @@ def fit(knobs: Sequence[Knob], anchors: Mapping[str, Any],
     knobs = tuple(knobs)
     x = np.stack([np.array([position(k, p[k.name], anchors[k.name]) for k in knobs])
                   for p, _ in points])
-    best = max((_log_likelihood(x, y, ell, s2), -ell, s2) for ell in _LENGTHS
-                for s2 in _NOISES)
+    # Rounded, so that near-ties resolve alike on CPUs whose linear algebra differs in the last
+    # bits (then: the shorter length scale, the larger noise).
+    best = max((round(_log_likelihood(x, y, ell, s2), 9), -ell, s2) for ell in _LENGTHS
+               for s2 in _NOISES)
     _, neg_length, noise = best
     return MoveModel(knobs, anchors, x, y, np.array(scored), -neg_length, noise, sign)

@@ -97,8 +97,10 @@ def ranked_move(planner: Planner, strategy: str, *, ends_only: bool = False
         if not candidates:
             continue
         predictions = model.predict([p for p, _ in candidates], kappa)
-        # Ties: the earlier candidate (exploration order, then lattice order).
-        best = max(range(len(candidates)), key=lambda i: (predictions[i].acquisition, -i))
+        # Ties: the earlier candidate (exploration order, then lattice order). Rounded first, so
+        # that two CPUs whose linear algebra differs in the last bits still choose alike.
+        best = max(range(len(candidates)),
+                   key=lambda i: (round(predictions[i].acquisition, 9), -i))
         params, change = candidates[best]
         p = predictions[best]
         name, old, new = change
