@@ -82,8 +82,11 @@ def _finite(value: Any) -> float | None:
 
 
 def group_key(params: Mapping[str, Any], seed_param: str | None) -> Hashable:
-    """A trial's replicate group: its params without the training seed."""
-    return tuple(sorted((k, repr(v)) for k, v in params.items() if k != seed_param))
+    """A trial's replicate group: its params without the training seed, compared as the
+    sampler compares them (:func:`metab_opt.ucbtree.canonical`)."""
+    from metab_opt.ucbtree import canonical
+
+    return tuple(sorted((k, canonical(v)) for k, v in params.items() if k != seed_param))
 
 
 @dataclass(frozen=True)

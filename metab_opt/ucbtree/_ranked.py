@@ -11,34 +11,21 @@ orders the others once the model has no move left.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from . import _model
 from . import _mutation as mut
 from . import _tree as tree
-from ._knob import Knob, Roles
+from ._knob import Knob
 
 __all__ = ["fit", "ranked_move"]
-
-
-class _Settings(Protocol):
-    @property
-    def group_names(self) -> tuple[str, ...]: ...
-    roles: Roles
-    value_name: str
-
-
-class _Parent(Protocol):
-    number: int
-    params: Mapping[str, Any]
-    describe: Callable[[str], str]
 
 
 class Planner(Protocol):
     """What a ranked move reads of :class:`._rules.Planner` (which imports this module)."""
 
-    s: Any  # _Settings
+    s: Any  # ._rules.Settings: group_names, roles, value_name
     knobs: tuple[Knob, ...]
     nodes: list[tree.Node]
     anchors: Mapping[str, Any]
@@ -48,7 +35,7 @@ class Planner(Protocol):
     @property
     def model(self) -> _model.MoveModel | None: ...
 
-    def parents(self) -> Sequence[Any]: ...  # _Parent
+    def parents(self) -> Sequence[Any]: ...  # ._rules._Parent: number, params, describe
 
     def apply(self, parent: Mapping[str, Any],
               changes: Sequence[mut.Change]) -> dict[str, Any] | None: ...

@@ -479,10 +479,10 @@ class Planner:
         best = tree.incumbent(self.nodes)
         if best is None or best.node.group != top.group:
             return False
-        if any(m.strategy == "duration" and any(
-                n == self.s.roles.duration and mut.direction_of(
-                    self.by_name[n], o, v, self.anchors[n]) == mut.DOWN
-                for n, o, v in m.changes) for m in self.members):
+        shortened = any(mut.direction_of(self.by_name[n], o, v, self.anchors[n]) == mut.DOWN
+                        for m in self.members if m.strategy == "duration"
+                        for n, o, v in m.changes)
+        if shortened:
             return False
         half = curve[len(curve) // 2 - 1][1]
         return curve[-1][1] - half < self.s.follow_gain
