@@ -9,7 +9,8 @@ metabolic problem, and nothing else knows it:
   degeneracy-break move, the knobs the survey leaves at the root), and so does the survey
   (``search.survey``: block 1's space-filling draws after the root) and the move model
   (``search.model``: a Gaussian process of every finished trial ranks the moves of exploit,
-  explore and boundary-probe, and the duration rule may also shorten runs);
+  explore and boundary-probe, explore first moves toward the best quarter's values (a density
+  move), and the duration rule may also shorten runs);
 * the objective is ``rate_constants_R2``, maximized: converged ``R² > 0.9``, failed
   ``R² < 0.1`` (:func:`metab_opt.metrics.classify`), a failed trial counts R² 0 (these
   settings, and the standard roles, are :mod:`metab_opt.trial_record`'s: the logbook and

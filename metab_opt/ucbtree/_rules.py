@@ -17,7 +17,7 @@ import numpy as np
 from optuna.logging import get_logger
 from optuna.trial import FrozenTrial, TrialState
 
-from . import _model, _ranked, _survey
+from . import _density, _model, _ranked, _survey
 from . import _mutation as mut
 from . import _tree as tree
 from ._knob import Knob, Roles
@@ -248,6 +248,12 @@ class Planner:
             return None
         parent, params, change, rule = found
         return Decision(params, parent, strategy, (change,), rule)
+
+    def density_step(self, strategy: str) -> Decision | None:
+        """The move toward the best trials' values (:func:`._density.density_move`), under
+        ``model`` only; None without one."""
+        found = _density.density_move(self, strategy) if self.s.model else None
+        return None if found is None else Decision(found[1], found[0], strategy, *found[2:])
 
     def last(self, k: int) -> list[tree.Node] | None:
         return self.order[-k:] if len(self.order) >= k else None
@@ -509,7 +515,8 @@ class Planner:
         index = {k.name: i for i, k in enumerate(self.mutable)}
         order = sorted(self.mutable, key=lambda k: (k.name in running, last_moved[k.name],
                                                     index[k.name]))
-        return self.model_step("explore") or self._first_step(order, "explore")
+        return (self.density_step("explore") or self.model_step("explore")
+                or self._first_step(order, "explore"))
 
     def exploit(self) -> Decision | None:
         # Knobs that have not paid off go last: in a 72-trial study one knob took 36 steps, 13

@@ -88,7 +88,9 @@ class UCBSampler(BaseSampler):
             Rank the candidate moves of the exploit, explore and boundary-probe rules by a
             Gaussian-process model of every finished trial (:mod:`._model`; from its sixth
             finished trial on) instead of a fixed knob order, and let the duration rule also
-            shorten the runs of an incumbent whose curve was flat over its second half.
+            shorten the runs of an incumbent whose curve was flat over its second half; the
+            explore rule first tries a density move toward the best quarter's values
+            (:mod:`._density`; from the eighth finished trial on).
             False (the default): the fixed orders, duration only lengthens.
         ucb_c:
             The exploration constant ``c`` of ``score + c * sqrt(N) / (1 + V)``.

@@ -127,7 +127,9 @@ def run(seed: int, use_model: bool, n_trials: int = 24) -> optuna.Study:
     return study
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+# Seeds whose walk exploits: seed 0's is a streak of partial results from the survey on, which
+# the explore rule meets with density moves (tests/ucbtree/test_density.py), not the model.
+@pytest.mark.parametrize("seed", [1, 2])
 def test_a_modelled_step_is_the_models_first_choice_and_says_so(seed: int) -> None:
     study = run(seed, True)
     modelled = [t for t in study.trials if "move model" in t.user_attrs["parent_rule"]]
