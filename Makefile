@@ -25,7 +25,7 @@ test-all: venv
 	$(PY) -m pytest -q -m "slow or not slow"
 
 study: venv
-	$(PY) scripts/run_study.py
+	$(PY) scripts/run_study.py --workers auto
 
 bench: venv
 	$(VENV)/bin/metab-opt bench --config configs/rank50.yaml

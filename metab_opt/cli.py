@@ -129,6 +129,10 @@ def _add_study_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop hopeless trials early: none, median, or safe (metab_opt/pruning.py)"
                         " (default: the config's search.pruner)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--workers", default="1",
+                   help="worker processes on this machine, sharing the trials (auto: one per "
+                        "CPU core, at most 4, on the CPU; 1 on a GPU, where --n-jobs threads "
+                        "share it) (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no training progress bar")
     p.add_argument("--no-plots", action="store_true",
                    help="skip each trial's plots and artifacts (metrics and logs unchanged)")
@@ -364,25 +368,63 @@ def _cmd_study(args: argparse.Namespace) -> int:
         print("metab-opt study: note: a journal storage has no heartbeats; a worker killed "
               "outright leaves its trial RUNNING (fail it by hand before resuming)",
               file=sys.stderr)
+    from metab_opt import workers as wk
     from metab_opt.runner import run_study
+    from metab_opt.training import select_device
+
+    try:
+        n_workers = wk.resolve(args.workers, on_cpu=select_device(args.device).type == "cpu")
+    except ValueError as exc:
+        raise UsageError(f"metab-opt study: error: {exc}") from None
+    n_trials = args.n_trials if args.n_trials is not None else cfg.search.n_trials
+    trial_shares = wk.shares(n_trials, n_workers)
+
+    def run(n: int | None, progress: bool = not args.no_progress) -> Any:
+        return run_study(cfg, name=args.study_name, root=args.root,
+                         storage_url=args.storage, n_trials=n,
+                         timeout=args.timeout, sampler_kind=args.sampler,
+                         pruner=args.pruner, n_jobs=args.n_jobs, device=args.device,
+                         seed=args.seed, data_root=args.data_root,
+                         progress=progress, max_steps=args.max_steps,
+                         plots=not args.no_plots,
+                         heartbeat_interval=args.heartbeat_interval,
+                         grace_period=args.grace_period)
 
     t0 = time.perf_counter()
+    extra: wk.Workers | None = None
+    failed: list[str] = []
     try:
-        study = run_study(cfg, name=args.study_name, root=args.root,
-                          storage_url=args.storage, n_trials=args.n_trials,
-                          timeout=args.timeout, sampler_kind=args.sampler,
-                          pruner=args.pruner, n_jobs=args.n_jobs, device=args.device,
-                          seed=args.seed, data_root=args.data_root,
-                          progress=not args.no_progress, max_steps=args.max_steps,
-                          plots=not args.no_plots,
-                          heartbeat_interval=args.heartbeat_interval,
-                          grace_period=args.grace_period)
+        if len(trial_shares) > 1:
+            # The study and the dataset first, so that the workers find both.
+            study = run(0, progress=False)
+            folder = Path(args.root) / study.study_name / "workers"
+            extra = wk.Workers(args.argv, trial_shares[1:], folder)
+            print(f"metab-opt study: {len(trial_shares)} worker processes share {n_trials} "
+                  f"trials ({', '.join(map(str, trial_shares))}); this one shows its own, the "
+                  f"others log to {folder}/", file=sys.stderr)
+        study = run(trial_shares[0] if extra is not None else args.n_trials)
     except KeyboardInterrupt:
+        if extra is not None:
+            extra.interrupt()
+            extra.wait()
         print("metab-opt study: interrupted; the running trial is marked failed and the "
               "logs are flushed. Run the same command to resume.", file=sys.stderr)
         return 130
+    if extra is not None:
+        try:
+            codes = extra.wait()
+        except KeyboardInterrupt:
+            extra.interrupt()
+            extra.wait()
+            print("metab-opt study: interrupted; the workers' running trials are marked "
+                  "failed. Run the same command to resume.", file=sys.stderr)
+            return 130
+        failed = [str(log) for log, code in zip(extra.logs, codes, strict=True) if code != 0]
+        if failed:
+            print(f"metab-opt study: {len(failed)} worker(s) did not finish: see "
+                  f"{', '.join(failed)}", file=sys.stderr)
     _print_summary(study, cfg, args.root, time.perf_counter() - t0)
-    return 0
+    return 1 if extra is not None and failed else 0
 
 
 def _print_summary(study: Any, cfg: Config, root: str, seconds: float) -> None:
@@ -474,6 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _build_parser()
         args, extra = parser.parse_known_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # study --workers: the copies
         if extra:
             raise UsageError(_unrecognized(parser, args.command, extra))
         return _COMMANDS[args.command](args)
