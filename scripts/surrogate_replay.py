@@ -81,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         rest = [p for p in points if p[0] != source]
         if len(held) < 10 or len(rest) < 20:
             continue
-        m = sg.Surrogate(model.encode, np.stack([model.encode(p) for _, p, _ in rest]),
-                         model.inverse, model.noise, 0.0, 1.0, np.zeros(len(rest)))
-        z = -np.log(1.0 - np.clip(np.array([v for _, _, v in rest]), -3.0, 0.998))
-        m.center, m.scale = float(z.mean()), float(z.std()) or 1.0
-        d2 = (((m.x[:, None, :] - m.x[None, :, :]) ** 2) * m.inverse).sum(-1)
-        m.alpha = np.linalg.solve(np.exp(-d2 / 2.0) + m.noise * np.eye(len(rest)),
-                                  (z - m.center) / m.scale)
+        m = sg.refit(model, rest)
         predicted = np.array([m.mean(p) for _, p, _ in held])
         rhos.append(_spearman(predicted, np.array([v for _, _, v in held])))
     if rhos:

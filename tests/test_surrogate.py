@@ -88,3 +88,31 @@ def test_a_csv_of_trials_reads_back(tmp_path: Path) -> None:
     for (_, a, _), (_, b, _) in zip(back, pts, strict=True):
         for n in names:
             assert a[n] == pytest.approx(b[n]) if not isinstance(b[n], bool) else a[n] is b[n]
+
+
+def test_the_script_refuses_bad_input_in_one_line(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("surrogate_replay",
+                                                  ROOT / "scripts" / "surrogate_replay.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = str(ROOT / "configs" / "rank50_proxy.yaml")
+    for argv, needle in (([], "20 or more"),
+                         (["--samplers", "ucb,grid"], "unknown grid"),
+                         (["--csv", str(tmp_path / "missing.csv")], "reading the trials"),
+                         (["--config", str(tmp_path / "none.yaml")], "error")):
+        assert script.main(["--config", config, *argv]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.strip().count("\n") == 0, err
+
+
+def test_refit_on_the_same_points_predicts_the_same(model: sg.Surrogate) -> None:
+    again = sg.refit(model, points(60, 0))
+    probe = [p for _, p, _ in points(10, 4)]
+    np.testing.assert_allclose([again.mean(p) for p in probe], [model.mean(p) for p in probe],
+                               rtol=1e-9, atol=1e-9)
+    fewer = sg.refit(model, points(60, 0)[:30])
+    assert [fewer.mean(p) for p in probe] != [model.mean(p) for p in probe]

@@ -47,10 +47,10 @@ from optuna.trial import TrialState
 from metab_opt.compare.results import RETRAIN_ATTR
 from metab_opt.config import Config, Knob
 from metab_opt.sampler import UCBMutationSampler, suggest_params
-from metab_opt.ucbtree import canonical
+from metab_opt.ucbtree import _model, canonical
 
 __all__ = ["SEED_SD_Z", "Replay", "Surrogate", "fit_surrogate", "read_csv", "read_storage",
-           "replay"]
+           "refit", "replay"]
 
 SEED_SD_Z = 0.25
 _TAIL = 0.05  # the share of runs whose seed trains badly
@@ -105,14 +105,8 @@ class Encoder:
 
 
 def _log_likelihood(x: np.ndarray, y: np.ndarray, inverse: np.ndarray, noise: float) -> float:
-    d2 = (((x[:, None, :] - x[None, :, :]) ** 2) * inverse).sum(-1)
-    k = np.exp(-d2 / 2.0) + noise * np.eye(len(x))
-    try:
-        chol = np.linalg.cholesky(k)
-    except np.linalg.LinAlgError:
-        return -math.inf
-    alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y))
-    return float(-0.5 * y @ alpha - np.log(np.diag(chol)).sum())
+    # One length scale per knob is the move model's isotropic kernel on rescaled inputs.
+    return _model._log_likelihood(x * np.sqrt(inverse), y, 1.0, noise)
 
 
 @dataclass
@@ -168,9 +162,23 @@ def fit_surrogate(cfg: Config, points: Sequence[Point], sweeps: int = 2) -> Surr
                     v = _log_likelihood(x, y, trial, s2)
                     if v > best + 1e-9:
                         best, inverse, noise = v, trial, s2
+    return _condition(encode, x, z, inverse, noise)
+
+
+def _condition(encode: Encoder, x: np.ndarray, z: np.ndarray, inverse: np.ndarray,
+               noise: float) -> Surrogate:
+    center, scale = float(z.mean()), float(z.std()) or 1.0
     d2 = (((x[:, None, :] - x[None, :, :]) ** 2) * inverse).sum(-1)
-    alpha = np.linalg.solve(np.exp(-d2 / 2.0) + noise * np.eye(len(x)), y)
+    alpha = np.linalg.solve(np.exp(-d2 / 2.0) + noise * np.eye(len(x)), (z - center) / scale)
     return Surrogate(encode, x, inverse, noise, center, scale, alpha)
+
+
+def refit(model: Surrogate, points: Sequence[Point]) -> Surrogate:
+    """``model``'s length scales and noise, conditioned on ``points`` instead (a held-out
+    check: fit on some studies, predict another)."""
+    x = np.stack([model.encode(p) for _, p, _ in points])
+    return _condition(model.encode, x, _z(np.array([v for _, _, v in points])), model.inverse,
+                      model.noise)
 
 
 def read_storage(url: str, cfg: Config) -> list[Point]:

@@ -3,13 +3,14 @@
 Why it exists: the explore rule fires on a streak of partial (or failed) results, when one-knob
 steps from the UCB parent have stopped paying. On metab_opt's rank50 proxy the move model
 (:mod:`._model`) of 10–20 trials in 13 dimensions ranks a parent's one-knob moves no better
-than chance (an offline replay of 100 studies on a surrogate of 700 proxy trials: median
-replicate-confirmed R² 0.900 with the model, 0.902 with random one-knob moves; 0.970 with the
-surrogate's own values as an oracle ranking). Knob by knob the trials say more: which values the
-best quarter of the runs share, and which the rest do. This move changes, at once, every knob
-whose best-quarter value differs from the parent's, as a Tree-structured Parzen Estimator
-(Bergstra et al., 2011) would, so a stuck walk jumps toward the region the evidence favours
-rather than one more knob at random. Same replay: median 0.926.
+than chance: in a surrogate replay of 100 studies (``metab_opt/compare/surrogate.py``) the
+walk's median replicate-confirmed R² was 0.900 with the model, 0.902 with random one-knob moves,
+and 0.970 with the surrogate's own values as the ranking. Knob by knob the trials still say
+something: which values the best quarter of the runs share, and which the rest do. This move
+changes, at once, every knob whose drawn value differs from the parent's, as a Tree-structured
+Parzen Estimator (Bergstra et al., 2011) would, so a stuck walk jumps toward the region the
+evidence favours rather than one more knob at random. (Same replay: 0.917; on a surrogate
+fitted to fewer trials no gain; ``docs/search.md``, round 2.)
 
 The move, in numbers, over the finished trials (a failed one ranks last), once there are
 :data:`MIN_POINTS`:
