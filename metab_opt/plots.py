@@ -63,7 +63,7 @@ def _fmt_mag(x: float) -> str:
 def _mlp_sub_figure(
     c_grid: ArrayLike,
     curves: Mapping[int, ArrayLike],
-    scales: Mapping[int, float] | None = None,
+    scales: Mapping[int, float | None] | None = None,
 ) -> Figure:
     c = np.asarray(c_grid, dtype=np.float64).ravel()
     powers = sorted(curves)
@@ -74,8 +74,12 @@ def _mlp_sub_figure(
         ax = fig.add_subplot(1, max(1, len(powers)), i + 1)
         f = np.asarray(curves[s], dtype=np.float64).ravel()
         target = c ** int(s)
-        if scales is not None and s in scales:
-            scale = float(scales[s])
+        given = None if scales is None else scales.get(s)
+        # A metric that could not be computed (None in metrics.json: the learned curve is flat
+        # or non-finite) falls back to the fit here, which then says nan: a plot never fails
+        # the training it shows.
+        if isinstance(given, (int, float)) and math.isfinite(given):
+            scale = float(given)
         else:
             a = best_scale(f, target)
             scale = 1.0 / a if math.isfinite(a) and a != 0.0 else float("nan")
@@ -109,14 +113,15 @@ def plot_mlp_sub(
     c_grid: ArrayLike,
     curves: Mapping[int, ArrayLike],
     *,
-    scales: Mapping[int, float] | None = None,
+    scales: Mapping[int, float | None] | None = None,
 ) -> Path:
     """Learned MLP_sub, one panel per coefficient s: the learned curve (solid), the true ``c^s``
     (black dashed) and ``scale_s · c^s`` (dotted, the shape reference).
 
-    ``scale_s`` is ``scales[s]`` when given (``MLP_sub_scale_s{s}`` from the metrics: learned ≈
-    scale·c^s), else the least-squares scale ``1/a``, ``a = Σ f_s c^s / Σ f_s²``. A right shape
-    overlaps the dotted line; the right scale also overlaps the dashed one (scale 1).
+    ``scale_s`` is ``scales[s]`` when it is a finite number (``MLP_sub_scale_s{s}`` from the
+    metrics: learned ≈ scale·c^s), else the least-squares scale ``1/a``,
+    ``a = Σ f_s c^s / Σ f_s²``. A right shape overlaps the dotted line; the right scale also
+    overlaps the dashed one (scale 1).
     """
     return _save(_mlp_sub_figure(c_grid, curves, scales), path)
 

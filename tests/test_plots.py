@@ -241,3 +241,15 @@ def test_mlp_sub_shows_the_true_scale() -> None:
         np.testing.assert_allclose(dashed[0].get_ydata(), c**s)
         assert "0.24 × c^" in ax.get_title()
 
+
+
+def test_mlp_sub_with_a_scale_that_could_not_be_computed(tmp_path: Path) -> None:
+    """metrics.json stores a non-finite MLP_sub scale as None: the plot falls back to its own
+    fit instead of failing the trial (a 144k-step default-study trial once failed here)."""
+    c = np.linspace(0.0, 9.0, 50)
+    out = plots.plot_mlp_sub(tmp_path / "n.png", c, {1: 0.5 * c, 2: np.zeros_like(c)},
+                             scales={1: None, 2: float("nan")})
+    assert _is_png(out)
+    fig = plots._mlp_sub_figure(c, {1: 0.5 * c, 2: np.zeros_like(c)}, {1: None, 2: None})
+    assert "0.5 × c^1" in fig.axes[0].get_title()  # learned ≈ 0.5·c, from the fit
+    assert "nan" in fig.axes[1].get_title()  # a flat curve has no scale
