@@ -90,7 +90,8 @@ STUDY_CASES: list[tuple[str, list[str], list[str]]] = [
     ("misspelled-storage", ["--storgae", "sqlite:///x.db"], ["did you mean --storage?"]),
     ("misspelled-heartbeat", ["--heartbeat-intervall", "1"],
      ["did you mean --heartbeat-interval?"]),
-    ("unknown-option", ["--workers", "3"], ["unrecognized arguments: --workers 3"]),
+    ("unknown-option", ["--threads", "3"], ["unrecognized arguments: --threads 3"]),
+    ("workers-word", ["--workers", "many"], ["--workers", "'many'"]),
     ("stray-argument", ["now"], ["unrecognized arguments: now"]),
     # --n-trials and other numbers
     ("n-trials-negative-eq", ["--n-trials=-5"], ["--n-trials", "'-5'"]),
