@@ -24,7 +24,8 @@ from typing import Any
 
 from metab_opt import ucbtree
 from metab_opt._io import atomic_write
-from metab_opt.config import Config, ConfigError, apply_params, config_from_dict, dump_config
+from metab_opt.config import Config, ConfigError, apply_params, config_from_dict
+from metab_opt.config_dump import dump_config
 from metab_opt.logbook import replicate_groups
 
 __all__ = ["Incumbent", "export_best", "study_config", "study_incumbent", "trials_incumbent"]

@@ -75,6 +75,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -129,6 +139,10 @@ def _add_study_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop hopeless trials early: none, median, or safe (metab_opt/pruning.py)"
                         " (default: the config's search.pruner)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--start-from", default=None, metavar="CONFIG",
+                   help="start the tree from the knob values of another config file (e.g. the "
+                        "best settings of another regime: configs/rank50_best.yaml); the study "
+                        "is named <config>_from_<file> unless --study-name says otherwise")
     p.add_argument("--workers", default="1",
                    help="worker processes on this machine, sharing the trials (auto: one per "
                         "CPU core, at most 4, on the CPU; 1 on a GPU, where --n-jobs threads "
@@ -153,6 +167,9 @@ def _add_compare_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, from {','.join(SAMPLERS)}")
     p.add_argument("--n-trials", type=_positive_int, default=24)
     p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--first-seed", type=_nonnegative_int, default=0,
+                   help="the first sampler seed (default 0: seeds 0..repeats-1); another "
+                        "process on the same storage can run other seeds at the same time")
     p.add_argument("--name", default=None, help="comparison name (default: compare_<config>)")
     p.add_argument("--retrain-seeds", default=RETRAIN_SEEDS, metavar="S,S",
                    help="training seeds each finished study's incumbent is trained again with, "
@@ -360,6 +377,16 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from metab_opt.study import check_resumable
 
     cfg = _load(args)
+    if args.start_from is not None:
+        from metab_opt.start_from import start_from
+
+        base = cfg
+        cfg = start_from(cfg, args.start_from)
+        moved = [f"{k} {base.base_params()[k]} -> {v}" for k, v in cfg.base_params().items()
+                 if v != base.base_params()[k]]
+        print(f"metab-opt study: the tree starts from {args.start_from}'s values"
+              + (f" ({'; '.join(moved)})" if moved else " (the same as this config's)"),
+              file=sys.stderr)
     # A refusal to resume and a bad storage are seconds faster than torch's import.
     check_resumable(cfg, name=args.study_name, root=args.root, storage_url=args.storage,
                     sampler_kind=args.sampler)
@@ -457,7 +484,8 @@ def _compare_command_line(args: argparse.Namespace, samplers: Sequence[str],
         parts += ["--set", item]
     parts += ["--samplers", ",".join(samplers),
               "--n-trials", str(args.n_trials), "--repeats", str(args.repeats)]
-    optional = (("--name", "name", None), ("--root", "root", "studies"),
+    optional = (("--first-seed", "first_seed", 0), ("--name", "name", None),
+                ("--root", "root", "studies"),
                 ("--storage", "storage", None), ("--n-jobs", "n_jobs", 1),
                 ("--device", "device", "auto"), ("--data-root", "data_root", None),
                 ("--max-steps", "max_steps", None))
@@ -484,7 +512,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         _check_device(args.device)
     try:
         run_compare(cfg, samplers=samplers, n_trials=args.n_trials, repeats=args.repeats,
-                    root=args.root, name=args.name, storage_url=args.storage,
+                    first_seed=args.first_seed, root=args.root, name=args.name,
+                    storage_url=args.storage,
                     n_jobs=args.n_jobs, device=args.device, data_root=args.data_root,
                     max_steps=args.max_steps, heartbeat_interval=args.heartbeat_interval,
                     grace_period=args.grace_period, retrain_seeds=seeds,

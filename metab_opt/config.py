@@ -35,8 +35,8 @@ from metab_opt.ucbtree import Knob, KnobSpecError, Roles
 
 __all__ = [
     "Config", "ConfigError", "FROZEN_TRAINING_KEYS", "GraphModelConfig", "Knob", "PRUNERS", "Roles",
-    "SearchConfig", "SimulationConfig", "TrainingConfig", "apply_params", "dump_config",
-    "load_config", "parse_overrides",
+    "SearchConfig", "SimulationConfig", "TrainingConfig", "apply_params", "load_config",
+    "parse_overrides", "simulation_hash",
 ]
 
 
@@ -124,6 +124,8 @@ class SimulationConfig:
     n_test_frames: int = _key(_i(2, 10_000_000))
     test_seed_offset: int = _key(_i(1, 2**30), 1000)
     noise_level: float = _key(_f(0.0, 10.0), 0.0)
+    # Euler steps per frame, each delta_t / substeps (docs/regimes.md: why 512 reactions need 2)
+    substeps: int = _key(_i(1, 1000), 1)
 
     @property
     def log_k_center(self) -> float:
@@ -268,7 +270,7 @@ class Config:
 
     def simulation_hash(self) -> str:
         """Hash of the ``simulation`` section: the dataset cache key."""
-        return _hash(dataclasses.asdict(self.simulation))
+        return simulation_hash(self.simulation)
 
     def search_space_hash(self) -> str:
         return _hash([dataclasses.asdict(k) for k in self.search.knobs])
@@ -285,6 +287,17 @@ class Config:
 def _hash(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Simulation keys added after datasets were cached, left out of the hash at these values: older
+# configs keep their dataset folders and resume their studies.
+_HASH_OMIT_AT = {"substeps": 1}
+
+
+def simulation_hash(sim: SimulationConfig) -> str:
+    """A ``simulation`` section's hash: the dataset cache key, the fingerprint's data part."""
+    return _hash({k: v for k, v in dataclasses.asdict(sim).items()
+                  if not (k in _HASH_OMIT_AT and v == _HASH_OMIT_AT[k])})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,26 +583,3 @@ def apply_params(cfg: Config, params: Mapping[str, Any]) -> Config:
                               f"{_suggest(name, cfg.search.names)}") from None
         overrides[knob.key] = value
     return config_from_dict(cfg.raw, path=cfg.path, name=cfg.name, overrides=overrides)
-
-
-def dump_config(cfg: Config, *, header: str = "") -> str:
-    """The whole config as YAML that :func:`load_config` reads back to the same config: every
-    key of every section (defaults written out), one flow-style line per search knob.
-    ``header`` lines are written first, each as a ``#`` comment."""
-    body = cfg.to_dict()
-    search = body.pop("search")
-    knobs = search.pop("knobs", {})
-    dump = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    parts = [f"# {line}".rstrip() for line in header.splitlines()]
-    parts.append(yaml.dump(body, Dumper=dump, sort_keys=False).rstrip())
-    parts.append("search:")
-    if search:
-        parts.append(yaml.dump(search, Dumper=dump, sort_keys=False, indent=2).rstrip()
-                     .replace("\n", "\n  ").join(("  ", "")))
-    parts.append("  knobs:")
-    width = max((len(str(n)) for n in knobs), default=0) + 1
-    for name, spec in knobs.items():
-        flow = yaml.dump(spec, Dumper=dump, default_flow_style=True, sort_keys=False,
-                         width=10_000).strip()
-        parts.append(f"    {f'{name}:':<{width}} {flow}")
-    return "\n".join(parts) + "\n"

@@ -23,7 +23,8 @@ import numpy as np
 
 from metab_opt import plots
 from metab_opt._io import atomic_write
-from metab_opt.config import Config, apply_params, dump_config
+from metab_opt.config import Config, apply_params
+from metab_opt.config_dump import dump_config
 from metab_opt.simulation import Dataset, load_or_build
 
 __all__ = ["HEADLINE", "Objective", "RunResult", "held_params", "run_training",

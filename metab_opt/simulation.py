@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from metab_opt import __version__
-from metab_opt.config import ConfigError, SimulationConfig
+from metab_opt.config import ConfigError, SimulationConfig, simulation_hash
 
 __all__ = [
     "Dataset",
@@ -263,9 +263,10 @@ def derivative(x: np.ndarray, net: Network, idx: np.ndarray | None = None,
     return homeostasis(x, net) + v @ net.S.T.astype(np.float64)
 
 
-def integrate(net: Network, c0: np.ndarray, n_frames: int, dt: float) -> tuple[np.ndarray,
-                                                                                 np.ndarray]:
-    """Explicit Euler from c0 for n_frames; returns (x, y) with y[t] = dc/dt(x[t])."""
+def integrate(net: Network, c0: np.ndarray, n_frames: int, dt: float, substeps: int = 1
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Explicit Euler from c0 for n_frames, ``substeps`` steps of ``dt / substeps`` per frame
+    (concentrations clamped at 0 after each); returns (x, y) with y[t] = dc/dt(x[t])."""
     idx, pw = _substrate_index(net)
     k = 10.0 ** net.log_k
     S_t = net.S.T.astype(np.float64)
@@ -274,11 +275,15 @@ def integrate(net: Network, c0: np.ndarray, n_frames: int, dt: float) -> tuple[n
     x = np.empty((n_frames, net.n_metabolites))
     y = np.empty_like(x)
     c = c0.astype(np.float64).copy()
+    h = dt / substeps
     for t in range(n_frames):
         dc = -lam * (c - base) + (k * np.prod(c[idx] ** pw, axis=1)) @ S_t
         x[t] = c
         y[t] = dc
-        c = np.maximum(c + dt * dc, 0.0)
+        c = np.maximum(c + h * dc, 0.0)  # h == dt exactly when substeps is 1
+        for _ in range(substeps - 1):
+            c = np.maximum(c + h * (-lam * (c - base) + (k * np.prod(c[idx] ** pw, axis=1))
+                                    @ S_t), 0.0)
     return x, y
 
 
@@ -322,8 +327,9 @@ def _check_finite(cfg: SimulationConfig, which: str, x: np.ndarray, y: np.ndarra
     if bad.any():
         frame = int(np.argmax(bad))
         raise ConfigError(f"simulation: the {which} trajectory diverged at frame {frame} "
-                          f"(non-finite concentrations) with delta_t {cfg.delta_t}; lower "
-                          f"simulation.delta_t or simulation.log_k_max")
+                          f"(non-finite concentrations) with delta_t {cfg.delta_t} and "
+                          f"{cfg.substeps} Euler step(s) per frame; raise simulation.substeps "
+                          f"or lower simulation.log_k_max")
 
 
 def simulate(cfg: SimulationConfig) -> Dataset:
@@ -340,9 +346,10 @@ def simulate(cfg: SimulationConfig) -> Dataset:
     c0_test = rng_test.uniform(cfg.concentration_min, cfg.concentration_max,
                                size=cfg.n_metabolites)
     with np.errstate(over="ignore", invalid="ignore"):
-        x, y = integrate(net, c0, cfg.n_frames, cfg.delta_t)
+        x, y = integrate(net, c0, cfg.n_frames, cfg.delta_t, cfg.substeps)
         _check_finite(cfg, "training", x, y)
-        x_test, y_test = integrate(net, c0_test, cfg.n_test_frames, cfg.delta_t)
+        x_test, y_test = integrate(net, c0_test, cfg.n_test_frames, cfg.delta_t,
+                                   cfg.substeps)
         _check_finite(cfg, "test", x_test, y_test)
     if cfg.noise_level > 0:
         noise_rng = np.random.default_rng([cfg.seed, 2])
@@ -369,8 +376,7 @@ def simulate(cfg: SimulationConfig) -> Dataset:
 
 
 def _config_hash(cfg: SimulationConfig) -> str:
-    text = json.dumps(asdict(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return simulation_hash(cfg)
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:

@@ -477,13 +477,17 @@ def _bad_term(terms: Tensor) -> str:
 
 
 @torch.no_grad()
-def rollout(model: MetabolismGNN, c0: Tensor, n_frames: int, dt: float) -> Tensor:
-    """Euler roll-out of the learned model from c0, concentrations clamped at 0."""
+def rollout(model: MetabolismGNN, c0: Tensor, n_frames: int, dt: float,
+            substeps: int = 1) -> Tensor:
+    """Euler roll-out of the learned model from c0, concentrations clamped at 0: the
+    simulator's scheme (``substeps`` steps of ``dt / substeps`` per frame)."""
     out = torch.empty(n_frames, c0.shape[-1], device=c0.device)
     c = c0.clone()
+    h = dt / substeps
     for t in range(n_frames):
         out[t] = c
-        c = torch.clamp(c + dt * model(c.unsqueeze(0)).squeeze(0), min=0.0)
+        for _ in range(substeps):
+            c = torch.clamp(c + h * model(c.unsqueeze(0)).squeeze(0), min=0.0)
         if not torch.isfinite(c).all():
             out[t + 1:] = float("nan")
             break
@@ -509,7 +513,8 @@ def evaluate(model: MetabolismGNN, ds: Dataset, cfg: Config) -> tuple[dict[str, 
     out.update(M.rate_constant_metrics(ds.log_k_true, log_k))
 
     x_test = torch.as_tensor(ds.x_test, dtype=torch.float32, device=dev)
-    roll = rollout(model, x_test[0], x_test.shape[0], cfg.simulation.delta_t).cpu().numpy()
+    roll = rollout(model, x_test[0], x_test.shape[0], cfg.simulation.delta_t,
+                   cfg.simulation.substeps).cpu().numpy()
     out.update(M.rollout_metrics(ds.x_test, roll))
 
     c_max = float(ds.x.max())

@@ -4,6 +4,7 @@ tiny (2 samplers x 2 repeats x 3 trials), resumed without re-running anything.""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import math
 import os
 import re
@@ -301,3 +302,20 @@ def test_command_on_tiny_then_resume(tmp_path: Path, tiny_data_root: Path) -> No
 def test_run_compare_rejects_bad_counts(tiny_cfg: Any, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         compare.run_compare(tiny_cfg, samplers=["ucb"], n_trials=0, root=tmp_path)
+    with pytest.raises(ConfigError):
+        compare.run_compare(tiny_cfg, samplers=["ucb"], first_seed=-1, root=tmp_path)
+    assert not tmp_path.joinpath("compare_tiny").exists()
+
+
+def test_first_seed_runs_only_its_seeds(tiny_cfg: Any, tmp_path: Path,
+                                        tiny_data_root: Path) -> None:
+    # Two processes can share a comparison's storage with disjoint seeds: this one runs seed 1
+    # alone, and the report counts seed 0 as not started.
+    rep = compare.run_compare(tiny_cfg, samplers=["random"], n_trials=2, repeats=1,
+                              first_seed=1, root=tmp_path, data_root=tiny_data_root,
+                              max_steps=20, retrain_seeds=(101,), stream=io.StringIO())
+    trials = _study_trials(tmp_path / "compare_tiny" / "compare.db")
+    assert sorted(trials) == ["compare_tiny__random__r1"]
+    assert [t.state for t in trials["compare_tiny__random__r1"]] == [TrialState.COMPLETE] * 2
+    assert len(rep.summaries["random"].repeats) == 1
+    assert "(sampler seeds 0..1)" in rep.text

@@ -291,3 +291,15 @@ def test_retrain_seeds_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     args = argparse.Namespace(config="c.yaml", n_trials=2, repeats=1, max_steps=50)
     assert _compare_command_line(args, ["ucb"], (101, 202)).endswith("--max-steps 50")
     assert _compare_command_line(args, ["ucb"], (5,)).endswith("--max-steps 50 --retrain-seeds 5")
+
+
+def test_first_seed_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    for bad in ("-1", "x"):
+        assert main(["compare", "--config", str(ROOT / "configs" / "tiny.yaml"), "--samplers",
+                     "ucb", "--first-seed", bad, "--root", str(root)]) == 2
+        assert "--first-seed" in capsys.readouterr().err and not root.exists()
+    args = argparse.Namespace(config="c.yaml", n_trials=2, repeats=2, first_seed=3)
+    assert _compare_command_line(args, ["ucb"]) == (
+        "metab-opt compare --config c.yaml --samplers ucb --n-trials 2 --repeats 2 "
+        "--first-seed 3")

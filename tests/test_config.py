@@ -832,7 +832,8 @@ def test_every_shipped_config_declares_its_survey(path: Path) -> None:
     assert "survey" in _parsed(path)["search"]  # declared, not left to the default
     search = load_config(path).search
     assert 0 <= search.survey <= search.n_iter_block - 1
-    expected = {"rank50": 8, "rank50_proxy": 8, "bench": 8, "tiny": 2, "rank50_best": 0}
+    expected = {"rank50": 8, "rank50_proxy": 8, "bench": 8, "tiny": 2, "rank50_best": 0,
+                "rank20": 8, "rank70": 8}
     assert search.survey == expected[path.stem]
 
 
@@ -883,7 +884,7 @@ def test_a_renamed_knob_is_an_error_not_a_rule_switched_off(tmp_path: Path) -> N
 
 
 def test_roles_are_optional_and_survive_a_dump(tmp_path: Path) -> None:
-    from metab_opt.config import dump_config
+    from metab_opt.config_dump import dump_config
 
     cfg = load_config(TINY)
     again = load_config(_write(tmp_path, yaml.safe_load(dump_config(cfg)), "again.yaml"))

@@ -122,7 +122,7 @@ def parse_seeds(text: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def run_compare(cfg: Config, *, samplers: Sequence[str], n_trials: int = 24, repeats: int = 3,
-                root: str | Path = "studies", name: str | None = None,
+                first_seed: int = 0, root: str | Path = "studies", name: str | None = None,
                 storage_url: str | None = None, n_jobs: int = 1, device: str = "auto",
                 data_root: str | Path | None = None, max_steps: int | None = None,
                 heartbeat_interval: int = 10, grace_period: int = 60, command: str = "",
@@ -131,7 +131,9 @@ def run_compare(cfg: Config, *, samplers: Sequence[str], n_trials: int = 24, rep
                 stream: TextIO | None = None) -> CompareReport:
     """Run (or resume) the comparison and write its report; returns the report.
 
-    Studies run interleaved (repeat 0 of every sampler, then repeat 1, ...); each runs only the
+    Studies run interleaved (repeat 0 of every sampler, then repeat 1, ...); repeat ``k`` is
+    sampler seed ``k``, and ``first_seed`` starts at another one, so that several processes can
+    share one comparison's storage, each with its own seeds (``--first-seed``). Each runs only the
     trials it is missing, then, once it has all ``n_trials``, its final incumbent is trained
     again with each of ``retrain_seeds`` it lacks (:mod:`metab_opt.compare.retrain`; stored in
     the study, so never twice). Every trial and retrain is capped at ``max_steps`` training
@@ -148,6 +150,8 @@ def run_compare(cfg: Config, *, samplers: Sequence[str], n_trials: int = 24, rep
     seeds = parse_seeds(retrain_seeds)
     if n_trials < 1 or repeats < 1:
         raise ConfigError(f"--n-trials and --repeats must be >= 1, got {n_trials}, {repeats}")
+    if first_seed < 0:
+        raise ConfigError(f"--first-seed must be >= 0, got {first_seed}")
     name = name or f"compare_{cfg.name}"
     folder = Path(root) / name
     url = storage_url or f"sqlite:///{folder / 'compare.db'}"
@@ -158,10 +162,11 @@ def run_compare(cfg: Config, *, samplers: Sequence[str], n_trials: int = 24, rep
 
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    plan = [(k, s) for k in range(repeats) for s in kinds]
+    plan = [(k, s) for k in range(first_seed, first_seed + repeats) for s in kinds]
 
     def report() -> CompareReport:
-        report_samplers, report_repeats = _discover(storage, name, kinds, repeats)
+        report_samplers, report_repeats = _discover(storage, name, kinds,
+                                                    first_seed + repeats)
         return build_report(storage, name, report_samplers, report_repeats, n_trials,
                             command=command, out_dir=folder)
 
