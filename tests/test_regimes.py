@@ -156,3 +156,22 @@ def test_study_start_from_a_bad_file_exit_2_one_line_nothing_written(tmp_path: P
     assert len(res.stderr.strip().splitlines()) == 1
     assert "graph_model.n_layers_sub is 2 there" in res.stderr
     assert not root.exists()
+
+
+def test_the_rollout_integrates_like_the_simulator() -> None:
+    import torch
+
+    from metab_opt.training import rollout
+
+    class Decay(torch.nn.Module):
+        def forward(self, c: torch.Tensor) -> torch.Tensor:
+            return -c
+
+    c0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    out = rollout(Decay(), c0, 4, 0.1, substeps=2)  # type: ignore[arg-type]
+    # two clamped Euler steps of 0.05 per frame: c *= 0.95 ** 2 each frame
+    expected = torch.stack([c0 * 0.95 ** (2 * t) for t in range(4)])
+    torch.testing.assert_close(out.to(torch.float64), expected, rtol=1e-6, atol=1e-6)
+    one = rollout(Decay(), c0, 3, 0.1)  # type: ignore[arg-type]
+    expected = torch.stack([c0 * 0.9 ** t for t in range(3)])
+    torch.testing.assert_close(one.to(torch.float64), expected, rtol=1e-6, atol=1e-6)
