@@ -35,8 +35,8 @@ from metab_opt.ucbtree import Knob, KnobSpecError, Roles
 
 __all__ = [
     "Config", "ConfigError", "FROZEN_TRAINING_KEYS", "GraphModelConfig", "Knob", "PRUNERS", "Roles",
-    "SearchConfig", "SimulationConfig", "TrainingConfig", "apply_params", "load_config",
-    "parse_overrides", "simulation_hash",
+    "SearchConfig", "SimulationConfig", "TrainingConfig", "allowed_values", "apply_params",
+    "load_config", "parse_overrides", "simulation_hash",
 ]
 
 
@@ -462,10 +462,14 @@ def _check_cross(where: str, cfg: Config, *, check_frozen: bool) -> None:
     for knob in cfg.search.knobs:
         base = cfg.get(knob.key)
         if not knob.contains(base):
-            allowed = (list(knob.choices or ()) if knob.scale == "categorical"
-                       else f"[{knob.low}, {knob.high}]")
             raise ConfigError(f"{where}: {knob.key} = {base!r} is outside the range of search knob "
-                              f"'{knob.name}' {allowed}")
+                              f"'{knob.name}' {allowed_values(knob)}")
+
+
+def allowed_values(knob: Knob) -> str:
+    """What a knob accepts, for an error line: ``[0.0001, 0.01]`` or ``[False, True]``."""
+    return str(list(knob.choices or ())) if knob.scale == "categorical" else \
+        f"[{knob.low}, {knob.high}]"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metab_opt.config import Config, ConfigError, config_from_dict, load_config
+from metab_opt.config import Config, ConfigError, allowed_values, config_from_dict, load_config
 
 __all__ = ["start_from"]
 
@@ -47,11 +47,9 @@ def start_from(cfg: Config, path: str | Path) -> Config:
     for knob in cfg.search.knobs:
         value = other.get(knob.key)
         if not knob.contains(value):
-            allowed = (list(knob.choices or ()) if knob.scale == "categorical"
-                       else f"[{knob.low}, {knob.high}]")
             raise ConfigError(f"{where}: {knob.key} = {value!r} is outside the range of search "
-                              f"knob '{knob.name}' in {cfg.path} {allowed}; widen that range or "
-                              f"start from another file")
+                              f"knob '{knob.name}' in {cfg.path} {allowed_values(knob)}; widen "
+                              f"that range or start from another file")
         values[knob.key] = value
     return config_from_dict(cfg.raw, path=cfg.path, name=f"{cfg.name}_from_{other.name}",
                             overrides=values)
