@@ -380,10 +380,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if args.start_from is not None:
         from metab_opt.start_from import start_from
 
-        base = cfg
+        before = cfg.base_params()
         cfg = start_from(cfg, args.start_from)
-        moved = [f"{k} {base.base_params()[k]} -> {v}" for k, v in cfg.base_params().items()
-                 if v != base.base_params()[k]]
+        moved = [f"{k} {before[k]} -> {v}" for k, v in cfg.base_params().items()
+                 if v != before[k]]
         print(f"metab-opt study: the tree starts from {args.start_from}'s values"
               + (f" ({'; '.join(moved)})" if moved else " (the same as this config's)"),
               file=sys.stderr)

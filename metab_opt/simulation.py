@@ -275,15 +275,17 @@ def integrate(net: Network, c0: np.ndarray, n_frames: int, dt: float, substeps: 
     x = np.empty((n_frames, net.n_metabolites))
     y = np.empty_like(x)
     c = c0.astype(np.float64).copy()
-    h = dt / substeps
+    h = dt / substeps  # == dt exactly when substeps is 1: the one-step scheme, bit for bit
+
+    def rate(c: np.ndarray) -> np.ndarray:
+        return -lam * (c - base) + (k * np.prod(c[idx] ** pw, axis=1)) @ S_t
+
     for t in range(n_frames):
-        dc = -lam * (c - base) + (k * np.prod(c[idx] ** pw, axis=1)) @ S_t
         x[t] = c
-        y[t] = dc
-        c = np.maximum(c + h * dc, 0.0)  # h == dt exactly when substeps is 1
+        y[t] = dc = rate(c)
+        c = np.maximum(c + h * dc, 0.0)
         for _ in range(substeps - 1):
-            c = np.maximum(c + h * (-lam * (c - base) + (k * np.prod(c[idx] ** pw, axis=1))
-                                    @ S_t), 0.0)
+            c = np.maximum(c + h * rate(c), 0.0)
     return x, y
 
 
