@@ -106,11 +106,17 @@ def test_start_from_takes_every_knob_of_the_file() -> None:
     assert cfg.search == RANK20.search
 
 
-def _write(tmp_path: Path, key: str, value: object) -> Path:
+def _write(tmp_path: Path, edits: dict[str, object], name: str = "other.yaml") -> Path:
+    """configs/rank50_best.yaml with ``{"section.key": value}`` edits (``search.knobs.k.key``
+    too), written to ``tmp_path / name``."""
     raw = yaml.safe_load((CONFIGS / "rank50_best.yaml").read_text())
-    section, name = key.split(".")
-    raw[section][name] = value
-    path = tmp_path / "other.yaml"
+    for key, value in edits.items():
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -118,34 +124,25 @@ def _write(tmp_path: Path, key: str, value: object) -> Path:
 def test_start_from_refuses_another_family_or_model(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"--start-from .*other\.yaml: "
                                           r"graph_model\.hidden_dim_sub is 32 there but 64"):
-        start_from(RANK20, _write(tmp_path, "graph_model.hidden_dim_sub", 32))
+        start_from(RANK20, _write(tmp_path, {"graph_model.hidden_dim_sub": 32}))
+    types = {"simulation.n_metabolite_types": 3,
+             "simulation.homeostatic_lambda_per_type": [0.001, 0.002, 0.003],
+             "simulation.homeostatic_baseline_per_type": [4.0, 6.0, 5.0]}
     with pytest.raises(ConfigError, match=r"simulation\.n_metabolite_types is 3 there"):
-        start_from(RANK20, _types(tmp_path))
-
-
-def _types(tmp_path: Path) -> Path:
-    raw = yaml.safe_load((CONFIGS / "rank50_best.yaml").read_text())
-    raw["simulation"]["n_metabolite_types"] = 3
-    raw["simulation"]["homeostatic_lambda_per_type"] = [0.001, 0.002, 0.003]
-    raw["simulation"]["homeostatic_baseline_per_type"] = [4.0, 6.0, 5.0]
-    path = tmp_path / "types.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+        start_from(RANK20, _write(tmp_path, types, "types.yaml"))
 
 
 def test_start_from_refuses_a_value_outside_the_search_space(tmp_path: Path) -> None:
-    raw = yaml.safe_load((CONFIGS / "rank50_best.yaml").read_text())
-    raw["training"]["learning_rate_k"] = 0.5
-    raw["search"]["knobs"]["lr_k"]["range"] = [1.0e-4, 1.0]  # valid there, not here
-    path = tmp_path / "wide.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = _write(tmp_path, {"training.learning_rate_k": 0.5,
+                             "search.knobs.lr_k.range": [1.0e-4, 1.0]},  # valid there, not here
+                  "wide.yaml")
     with pytest.raises(ConfigError, match=r"--start-from .*wide\.yaml: training\.learning_rate_k"
                                           r" = 0\.5 is outside the range of search knob 'lr_k'"):
         start_from(RANK20, path)
 
 
 def test_study_start_from_a_bad_file_exit_2_one_line_nothing_written(tmp_path: Path) -> None:
-    bad = _write(tmp_path, "graph_model.n_layers_sub", 2)
+    bad = _write(tmp_path, {"graph_model.n_layers_sub": 2})
     root = tmp_path / "studies"
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     res = subprocess.run([sys.executable, "-m", "metab_opt", "study", "--config",
