@@ -175,7 +175,7 @@ class FusedLoss:
         g_per_met = g_nu0.view(B, N, -1).sum(0)  # (N, H)
         weight = self.node_first.weight
         g_weight = torch.empty_like(weight)
-        g_weight[:, 0] = torch.mm(c.view(1, -1), g_nu0).view(-1)
+        g_weight[:, 0] = torch.mm(m.node_input(c).reshape(1, -1), g_nu0).view(-1)
         g_weight[:, 1:] = torch.mm(g_per_met.t(), m.embedding)
         g_weight.mul_(2.0)
         node_first = [g_weight, g_per_met.sum(0).mul_(2.0)]

@@ -21,7 +21,6 @@ import difflib
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 
 # The knob and its lattice live in the generic sampler package (standard library only at
 # import); re-exported here, where the config builds them.
+from metab_opt._yaml import load_yaml
 from metab_opt.ucbtree import Knob, KnobSpecError, Roles
 
 __all__ = [
@@ -147,6 +147,9 @@ class GraphModelConfig:
     aggr_type: str = _key(_s(["mul", "add"]))
     c_scale: float = _key(_f(0.0, 1e6, low_open=True), 1.0)
     sub_through_origin: bool = _key(_b(), False)
+    # MLP_node sees c / node_c_scale: the data's c reach ~100, where tanh units fed the raw c
+    # saturate and the homeostatic line cannot form (docs/joint.md); 1.0 is the seed's raw input
+    node_c_scale: float = _key(_f(0.0, 1e6, low_open=True), 1.0)
     log_k_init_noise: float = _key(_f(0.0, 10.0), 0.01)
 
 
@@ -182,6 +185,13 @@ class TrainingConfig:
     coeff_mass_conservation: float = _key(_f(0.0, 1e6), 0.0)
     report_every: int = _key(_i(0, 10_000_000), 0)  # 0: 20 reports per run
     sub_diff_grid_points: int = _key(_i(2, 10_000), 64)
+    # The embeddings' own rate (MLP_node's and theirs are one group at 0, the default)
+    learning_rate_embedding: float = _key(_f(0.0, 10.0), 0.0)
+    # Euler steps per sample: at 1 the loss is on dc/dt; above, on the rolled-out c (issue 17)
+    time_step: int = _key(_i(1, 1000), 1)
+    # The run's last fraction: MLP_node's L1 off, a fresh Adam, lr_k and lr_sub times the factor
+    homeostasis_phase: float = _key(_f(0.0, 1.0), 0.0)
+    homeostasis_lr_factor: float = _key(_f(0.0, 1e6, low_open=True), 1.0)
 
     def n_steps(self, n_frames: int) -> int:
         """Gradient steps of one training run, as the original procedure counts them."""
@@ -203,25 +213,6 @@ _SECTION_TYPES: dict[str, type] = {
 }
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """YAML's safe loader (libyaml's when present: 6x faster) that reads ``1e-3`` as a number.
-
-    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``) and ``1e-3`` is a string;
-    YAML 1.2 (and every user) reads it as a float.
-    """
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)$"),
-    list("-+0123456789"),
-)
-
-
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
-
-
 @dataclass(frozen=True)
 class SearchConfig:
     """The search space (knobs in exploration order), the knobs' roles and the UCB exploration
@@ -235,6 +226,9 @@ class SearchConfig:
     survey: int = 0  # space-filling trials after the root of block 1 (0: none)
     model: bool = False  # rank moves by a model of all trials; duration may also shorten
     pruner: str = "none"  # one of PRUNERS: what stops a trial early (metab_opt.pruning)
+    # One of CONSTRAINTS: "joint" makes the homeostasis conditions Optuna constraints, so that
+    # no run that misses them counts as converged (metab_opt.joint, docs/joint.md)
+    constraints: str = "none"
 
     def knob(self, name: str) -> Knob:
         for k in self.knobs:
@@ -364,7 +358,9 @@ def _build_section(where: str, section: str, data: Any) -> Any:
     return _SECTION_TYPES[section](**values)
 
 
-_SEARCH_KEYS = ("knobs", "n_iter_block", "ucb_c", "n_trials", "roles", "survey", "model", "pruner")
+_SEARCH_KEYS = ("knobs", "n_iter_block", "ucb_c", "n_trials", "roles", "survey", "model", "pruner",
+                "constraints")
+CONSTRAINTS = ("none", "joint")
 # search.pruner (and `study --pruner`): none, Optuna's median pruner, metab_opt.pruning's safe one.
 PRUNERS = ("none", "median", "safe")
 
@@ -419,6 +415,8 @@ def _build_search(where: str, data: Any) -> SearchConfig:
     model = _check_value(where, "model", data.get("model", False), _b())
     # Absent: no pruning, as before the key existed (the shipped rank50 configs say safe).
     pruner = _check_value(where, "pruner", data.get("pruner", "none"), _s(PRUNERS))
+    constraints = _check_value(where, "constraints", data.get("constraints", "none"),
+                               _s(CONSTRAINTS))
     roles = None
     if "roles" in data:
         # The rules that step a declared knob (replicate, initial-spread, duration,
@@ -429,7 +427,8 @@ def _build_search(where: str, data: Any) -> SearchConfig:
         except ValueError as exc:
             raise ConfigError(f"{where}.{exc}") from None
     return SearchConfig(knobs=knobs, n_iter_block=n_iter_block, ucb_c=ucb_c, n_trials=n_trials,
-                        roles=roles, survey=survey, model=model, pruner=pruner)
+                        roles=roles, survey=survey, model=model, pruner=pruner,
+                        constraints=constraints)
 
 
 def _check_cross(where: str, cfg: Config, *, check_frozen: bool) -> None:
@@ -491,7 +490,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {item}: expected section.key=value "
                               f"(e.g. training.learning_rate_k=0.01)")
         try:
-            out[key] = _yaml_load(text) if text.strip() else None
+            out[key] = load_yaml(text) if text.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"--set {item}: cannot read the value {text!r}") from None
     return out
@@ -564,7 +563,7 @@ def load_config(path: str | Path, *, overrides: Mapping[str, Any] | Sequence[str
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file") from None
     try:
-        raw = _yaml_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -12,7 +12,7 @@ For a batch of B frames ``c`` (B, N), :class:`MetabolismGNN` computes::
     a_j       = Π_{i -> j} |f(c_i, s_ij)|                (aggr "mul", in log space, clamped 1e-8)
               = Σ_{i -> j}  f(c_i, s_ij)                 (aggr "add")
     v_j       = 10^{log_k_j} · a_j                        (B, R)
-    dc_i/dt   = Σ_{j -> i} S_ij v_j + MLP_node(c_i, e_i)  (B, N)
+    dc_i/dt   = Σ_{j -> i} S_ij v_j + MLP_node(c_i / node_c_scale, e_i)  (B, N)
 
 ``MLP_sub`` depends only on (c_i, |s|), so it runs once per (frame, metabolite, |s|) pair that
 occurs in the graph (B x Q rows, Q <= E_s) and the results are gathered onto the substrate edges.
@@ -213,6 +213,7 @@ class MetabolismGNN(nn.Module):
         self.aggr = model_cfg.aggr_type
         self.c_scale = float(model_cfg.c_scale)
         self.through_origin = bool(model_cfg.sub_through_origin)
+        self.node_c_scale = float(model_cfg.node_c_scale)
 
         # Learnable parts. Initialise inside a private generator so a seed reproduces them.
         noise = torch.randn(n_reac, generator=gen) * model_cfg.log_k_init_noise
@@ -374,6 +375,10 @@ class MetabolismGNN(nn.Module):
             norm_point = norm_point - zero[P]
         return pair_out, grid_out, norm_point
 
+    def node_input(self, c: Tensor) -> Tensor:
+        """MLP_node's concentration input ``c / node_c_scale`` (c itself at the default 1)."""
+        return c if self.node_c_scale == 1.0 else c / self.node_c_scale
+
     def node_preact(self, c: Tensor) -> Tensor:
         """MLP_node's ``u0 = 2 z0`` for (B, N) concentrations, as (B·N, H) rows (n_layers >= 2).
 
@@ -383,7 +388,8 @@ class MetabolismGNN(nn.Module):
         """
         w, b = self.mlp_node[0].weight, self.mlp_node[0].bias
         per_met = torch.addmm(b, self.embedding, w[:, 1:].t(), beta=2.0, alpha=2.0)
-        u0 = torch.addcmul(per_met, c.unsqueeze(-1), w[:, 0], value=2.0)  # (B, N, H)
+        u0 = torch.addcmul(per_met, self.node_input(c).unsqueeze(-1), w[:, 0],
+                           value=2.0)  # (B, N, H)
         return u0.view(-1, w.shape[0])
 
     def node_function(self, c: Tensor) -> Tensor:
@@ -391,7 +397,8 @@ class MetabolismGNN(nn.Module):
         B, N = c.shape
         if len(self.mlp_node) == 1:
             emb = self.embedding.unsqueeze(0).expand(B, N, -1)
-            return self.mlp_node(torch.cat([c.unsqueeze(-1), emb], dim=-1)).squeeze(-1)
+            return self.mlp_node(torch.cat([self.node_input(c).unsqueeze(-1), emb],
+                                           dim=-1)).squeeze(-1)
         return self.mlp_node.tail(self.node_preact(c)).view(B, N)
 
     def forward(self, c: Tensor) -> Tensor:

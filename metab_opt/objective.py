@@ -89,6 +89,10 @@ def _write_plots(out: Path, step: int, metrics: dict[str, Any], arrays: dict[str
         plots.plot_loss(tmp / "loss.png", history_steps, {k: list(v) for k, v in history.items()}),
         plots.plot_kinograph(out / "results" / "kinograph.png", arrays["x_test"],
                              arrays["x_rollout"]),
+        plots.plot_rollout_traces(out / "results" / "rollout_traces.png", arrays["x_test"],
+                                  arrays["x_rollout"], ds.metabolite_type, metrics),
+        plots.plot_embeddings(tmp / "embedding" / f"embedding_{step:07d}.png",
+                              arrays["embedding"], ds.metabolite_type, metrics),
     ]
     return paths
 
@@ -106,7 +110,8 @@ def run_training(cfg: Config, *, out_dir: str | Path, data_root: str | Path | No
     what a failed run is. A disk error while writing the outputs (full, read-only) is raised,
     or, with ``on_write_error``, passed to it and the result returned without those files.
     """
-    from metab_opt.training import cpu_threads, evaluate, train
+    from metab_opt.evaluation import evaluate
+    from metab_opt.training import cpu_threads, train
 
     t0 = time.perf_counter()
     ds = dataset if dataset is not None else load_or_build(cfg.simulation, data_root)[0]

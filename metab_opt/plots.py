@@ -42,6 +42,8 @@ __all__ = [
     "plot_rate_constants",
     "plot_loss",
     "plot_kinograph",
+    "plot_embeddings",
+    "plot_rollout_traces",
     "plot_exploration_tree",
 ]
 
@@ -350,4 +352,79 @@ def plot_kinograph(path: _PathLike, x_true: ArrayLike, x_pred: ArrayLike) -> Pat
         ax.set_xlabel("frame")
         ax.set_ylabel("metabolite")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _save(fig, path)
+
+
+def plot_embeddings(path: _PathLike, embedding: ArrayLike, types: ArrayLike,
+                    metrics: Mapping[str, Any]) -> Path:
+    """The learned embeddings (N, D), one dot per metabolite coloured by its true type.
+
+    D = 2 is drawn as is; a wider embedding by its first two principal components (axis labels
+    say which). The title shows ``embedding_cluster_acc`` and ``embedding_silhouette``.
+    """
+    e = np.asarray(embedding, dtype=np.float64)
+    ty = np.asarray(types, dtype=np.int64).ravel()
+    labels = ("embedding 0", "embedding 1")
+    if e.shape[1] > 2 and np.all(np.isfinite(e)):
+        centred = e - e.mean(0)
+        _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+        e = centred @ vt[:2].T
+        share = sv[:2] ** 2 / max(float((sv ** 2).sum()), 1e-300)
+        labels = (f"PC 1 ({share[0]:.0%})", f"PC 2 ({share[1]:.0%})")
+    elif e.shape[1] == 1:
+        e = np.concatenate([e, np.zeros_like(e)], axis=1)
+        labels = ("embedding 0", "(one dimension)")
+    fig = _new_figure(5.5, 5.0)
+    ax = fig.add_subplot()
+    for t in np.unique(ty):
+        sel = ty == t
+        ax.scatter(e[sel, 0], e[sel, 1], s=18, color=_color(int(t)), alpha=0.8,
+                   label=f"type {t} ({int(sel.sum())} met.)")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    acc, sil = metrics.get("embedding_cluster_acc"), metrics.get("embedding_silhouette")
+    ax.set_title(f"embeddings by true type\ncluster acc {_fmt(acc)}  silhouette {_fmt(sil)}",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_rollout_traces(path: _PathLike, x_true: ArrayLike, x_pred: ArrayLike,
+                        types: ArrayLike, metrics: Mapping[str, Any], *,
+                        n_traces: int = 6) -> Path:
+    """The held-out roll-out of a few metabolites (solid) against the truth (dashed).
+
+    ``x_true``, ``x_pred``: (n_frames, n_metabolites). The metabolites shown are the
+    ``n_traces`` whose true trajectory varies most, split evenly over the types; each panel is
+    one metabolite on its own y scale. The title shows ``test_pearson`` and ``test_R2``.
+    """
+    xt = np.asarray(x_true, dtype=np.float64)
+    xp = np.asarray(x_pred, dtype=np.float64)
+    ty = np.asarray(types, dtype=np.int64).ravel()
+    kinds = np.unique(ty)
+    per_type = max(1, n_traces // max(len(kinds), 1))
+    spread = np.nanstd(xt, axis=0)
+    chosen: list[int] = []
+    for t in kinds:
+        cols = np.flatnonzero(ty == t)
+        chosen += [int(j) for j in cols[np.argsort(-spread[cols], kind="stable")][:per_type]]
+    cols_n = min(3, len(chosen)) or 1
+    rows_n = max(1, math.ceil(len(chosen) / cols_n))
+    fig = _new_figure(4.2 * cols_n, 2.6 * rows_n + 0.6)
+    frames = np.arange(xt.shape[0])
+    for k, j in enumerate(chosen):
+        ax = fig.add_subplot(rows_n, cols_n, k + 1)
+        color = _color(int(ty[j]))
+        ax.plot(frames, xt[:, j], color="k", lw=1.2, ls="--", label="truth")
+        ax.plot(frames, xp[:, j], color=color, lw=1.2, label="roll-out")
+        lo, hi = _finite_range(xt[:, j])
+        pad = 0.25 * (hi - lo)
+        ax.set_ylim(lo - pad, hi + pad)  # a runaway roll-out leaves the panel, the truth stays
+        ax.set_title(f"metabolite {j} (type {ty[j]})", fontsize=9)
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"held-out roll-out: test_pearson {_fmt(metrics.get('test_pearson'))}  "
+                 f"test_R2 {_fmt(metrics.get('test_R2'), '.2f')}", fontsize=10)
     return _save(fig, path)

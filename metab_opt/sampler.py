@@ -30,6 +30,7 @@ explore, exploit.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ from optuna.logging import get_logger
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
+from metab_opt import joint
 from metab_opt.config import Config, Knob, SearchConfig, load_config
 from metab_opt.metrics import diagnose
 from metab_opt.trial_record import CONVERGED_R2, FAILED_R2, FAILED_VALUE, standard_roles
@@ -114,6 +116,11 @@ class UCBMutationSampler(UCBSampler):
             Seed of the sampler's random choices (new training seeds, first directions).
         independent_sampler:
             Samples params outside the knobs; default ``RandomSampler(seed)``.
+        joint_types:
+            The number of metabolite types to hold the joint recovery's homeostasis conditions
+            for (``search.constraints: joint``): they become the trials' Optuna constraints
+            (:func:`metab_opt.joint.constraints`), and a run that misses one is never
+            converged, whatever its R². None: no constraints.
     """
 
     def __init__(
@@ -128,6 +135,7 @@ class UCBMutationSampler(UCBSampler):
         ucb_c: float = 1.414,
         seed: int | None = None,
         independent_sampler: BaseSampler | None = None,
+        joint_types: int | None = None,
     ) -> None:
         if isinstance(knobs, SearchConfig):
             knobs = knobs.knobs
@@ -140,7 +148,9 @@ class UCBMutationSampler(UCBSampler):
             failed=FAILED_R2,
             failed_value=FAILED_VALUE, degenerate=is_degenerate, follow_gain=FOLLOW_MIN_GAIN,
             rising_gain=RISING_MIN_GAIN, independent_sampler=independent_sampler,
-            value_name="R2")
+            value_name="R2",
+            constraints_func=None if joint_types is None else functools.partial(
+                _joint_constraints, n_types=joint_types))
 
     @classmethod
     def from_config(cls, path_or_config: str | os.PathLike[str] | Config,
@@ -162,12 +172,17 @@ class UCBMutationSampler(UCBSampler):
                             f"for none)")
         return cls(knobs=search.knobs, base_params=cfg.base_params(), roles=roles,
                    n_iter_block=search.n_iter_block, survey=search.survey, model=search.model,
-                   ucb_c=search.ucb_c,
-                   seed=seed)
+                   ucb_c=search.ucb_c, seed=seed,
+                   joint_types=(cfg.simulation.n_metabolite_types
+                                if search.constraints == "joint" else None))
 
 
 # ---------------------------------------------------------------------------------------------
 # Public helpers
+
+
+def _joint_constraints(trial: FrozenTrial, *, n_types: int) -> list[float]:
+    return joint.constraints(trial.user_attrs, n_types)
 
 
 def _sampler(study: Study, what: str) -> UCBMutationSampler:

@@ -1,12 +1,24 @@
-"""The batched trainer and the end-of-run evaluation.
+"""The batched trainer.
 
 One step draws ``batch_size`` random training frames, runs them through the model in one batched
 pass, and takes an Adam step on ``Σ_t w_t · term_t``, the prediction MSE of dc/dt plus the
 weighted regularizers: the terms, their weights' config keys and their gradients are declared
 once, in :mod:`metab_opt.losses` (:data:`~metab_opt.losses.LOSS_TERMS`).
 
-Parameter groups: log_k -> learning_rate_k; MLP_node and the embeddings -> learning_rate_node;
-MLP_sub -> learning_rate_sub; anything else -> learning_rate_start.
+Parameter groups: log_k -> learning_rate_k; MLP_node and the embeddings -> learning_rate_node
+(the embeddings -> learning_rate_embedding when it is set); MLP_sub -> learning_rate_sub; anything
+else -> learning_rate_start.
+
+Two options reshape a run without changing the default one (docs/joint.md):
+
+- ``time_step`` T > 1: each sample is a window of T + 1 consecutive training frames; the model
+  rolls the first forward by T Euler steps of ``delta_t`` and the loss's residual is
+  ``r = (ĉ_{t+T} - c_{t+T}) / (T·delta_t)`` (B, N), a derivative's units as at T = 1, where
+  ``r = dc/dt_model(c_t) - y_t``. The regularizers read the first step's outputs. Autograd only.
+- ``homeostasis_phase`` f > 0: the last ``round(f·n_steps)`` steps start a second phase with
+  MLP_node's L1 off, learning_rate_k and learning_rate_sub times ``homeostasis_lr_factor`` and a
+  fresh optimizer (:func:`homeostasis_config`): the first phase finds k with MLP_node held
+  small, the second lets MLP_node grow to the homeostasis while k and MLP_sub stay put.
 
 Nothing inside the step loop syncs the host with the device except at report points (on the
 CPU the non-finite check runs every step, where it costs nothing).
@@ -20,6 +32,7 @@ cover (a one-layer MLP), autograd. Both eager paths use :class:`GroupAdam`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import time
@@ -46,7 +59,7 @@ __all__ = [
     "TrainingDiverged",
     "build_model",
     "cpu_threads",
-    "evaluate",
+    "homeostasis_config",
     "param_groups",
     "select_device",
     "term_weights",
@@ -112,15 +125,19 @@ def build_model(ds: Dataset, cfg: Config, device: torch.device | str = "cpu") ->
 def param_groups(model: MetabolismGNN, cfg: Config) -> list[dict[str, Any]]:
     t = cfg.training
     k = [model.log_k]
-    node = list(model.mlp_node.parameters()) + [model.embedding]
+    own_emb = t.learning_rate_embedding > 0.0
+    node = list(model.mlp_node.parameters()) + ([] if own_emb else [model.embedding])
     sub = list(model.mlp_sub.parameters())
-    taken = {id(p) for p in k + node + sub}
+    taken = {id(p) for p in k + node + sub + [model.embedding]}
     rest = [p for p in model.parameters() if id(p) not in taken]
     groups = [
         {"params": k, "lr": t.learning_rate_k, "name": "k"},
         {"params": node, "lr": t.learning_rate_node, "name": "node"},
         {"params": sub, "lr": t.learning_rate_sub, "name": "sub"},
     ]
+    if own_emb:
+        groups.insert(2, {"params": [model.embedding], "lr": t.learning_rate_embedding,
+                          "name": "embedding"})
     if rest:
         groups.append({"params": rest, "lr": t.learning_rate_start, "name": "rest"})
     return groups
@@ -243,12 +260,33 @@ def term_weights(cfg: Config, device: torch.device | str = "cpu") -> Tensor:
     return torch.tensor(losses.weights(cfg.training), device=device)
 
 
+def homeostasis_config(cfg: Config) -> Config:
+    """The config of a run's second phase (``training.homeostasis_phase``): MLP_node's L1 off,
+    learning_rate_k and learning_rate_sub times ``homeostasis_lr_factor``."""
+    t = cfg.training
+    f = t.homeostasis_lr_factor
+    return dataclasses.replace(cfg, training=dataclasses.replace(
+        t, coeff_MLP_node_L1=0.0, learning_rate_k=t.learning_rate_k * f,
+        learning_rate_sub=t.learning_rate_sub * f))
+
+
 def _step_terms(model: MetabolismGNN, c: Tensor, y: Tensor, cfg: Config,
-                k_center: float) -> Tensor:
+                k_center: float, target: Tensor | None = None) -> Tensor:
     """The loss terms of one batch, unweighted, as a (len(TERMS),) tensor, through autograd's
-    ops (each term's ``value``); ``k_center`` is the centre of the k_center term."""
+    ops (each term's ``value``); ``k_center`` is the centre of the k_center term.
+
+    With ``target`` (B, N), the frames ``time_step`` = T frames after ``c``, the residual is the
+    T-step Euler roll-out's (module docstring); else ``dc/dt - y``."""
     parts = model.forward_parts(c)
-    x = LossInputs(r=parts.dcdt - y, node_out=parts.node_out, log_k=model.log_k,
+    if target is None:
+        r = parts.dcdt - y
+    else:
+        steps, dt = cfg.training.time_step, cfg.simulation.delta_t
+        c_t = c + dt * parts.dcdt
+        for _ in range(steps - 1):
+            c_t = c_t + dt * model(c_t)
+        r = (c_t - target) / (steps * dt)
+    x = LossInputs(r=r, node_out=parts.node_out, log_k=model.log_k,
                    grid=parts.grid_sub, norm=parts.norm_point, training=cfg.training,
                    log_k_center=k_center)
     return losses.evaluate(x, losses.weights(cfg.training))
@@ -302,11 +340,19 @@ class _Step:
         self.model, self.cfg, self.x, self.y, self.gen = model, cfg, x, y, gen
         self.coeffs = term_weights(cfg, x.device)
         self.k_center = cfg.simulation.log_k_center
-        self.n_frames = x.shape[0]
+        self.time_step = cfg.training.time_step
+        # A sample is the window idx .. idx + T: its first frame is drawn among n_frames - T
+        # (all of them at T = 1, where the target is y at the frame itself).
+        self.n_frames = x.shape[0] - (self.time_step if self.time_step > 1 else 0)
+        if self.n_frames < 1:
+            raise ValueError(f"training.time_step {self.time_step} needs more than "
+                             f"{self.time_step} training frames (have {x.shape[0]})")
         self.batch = cfg.training.batch_size
 
     def _terms(self, idx: Tensor) -> Tensor:
-        return _step_terms(self.model, self.x[idx], self.y[idx], self.cfg, self.k_center)
+        target = self.x[idx + self.time_step] if self.time_step > 1 else None
+        return _step_terms(self.model, self.x[idx], self.y[idx], self.cfg, self.k_center,
+                           target)
 
 
 class _EagerStep(_Step):
@@ -318,7 +364,9 @@ class _EagerStep(_Step):
         super().__init__(model, cfg, x, y, gen)
         self.opt = GroupAdam(param_groups(model, cfg))
         self.check = x.device.type == "cpu"  # a per-step sync costs nothing on the CPU
-        self.loss = FusedLoss(model, cfg) if fused and fused_supported(model) else None
+        # The hand-written gradient covers the one-step loss only.
+        fuse = fused and fused_supported(model) and self.time_step == 1
+        self.loss = FusedLoss(model, cfg) if fuse else None
         self.fused = self.loss is not None
 
     def __call__(self, step: int) -> Tensor:
@@ -414,6 +462,10 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
     coeffs = term_weights(cfg, dev)
     gen = torch.Generator(device=dev).manual_seed(t.seed)
     take_step = _make_step(model, cfg, x, y, gen, cuda_graph, fused)
+    # The homeostasis phase's first step (never, at its default 0), and the term weights of each
+    # stored history row (a row before that step: phase 1's).
+    phase_at = n_steps + 1 - round(t.homeostasis_phase * n_steps)
+    coeffs_hist = coeffs
     hist = torch.zeros(n_steps // hist_every + 1, len(TERMS), device=dev)
     hist_acc = torch.zeros(len(TERMS), device=dev)
     rep_acc = torch.zeros(len(TERMS), device=dev)
@@ -428,6 +480,10 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
     rep_start = 0
     try:
         for step in range(1, n_steps + 1):
+            if step == phase_at and step <= n_steps:
+                cfg2 = homeostasis_config(cfg)
+                take_step = _make_step(model, cfg2, x, y, gen, cuda_graph, fused)
+                coeffs = term_weights(cfg2, dev)
             detached = take_step(step)
             hist_acc += detached
             rep_acc += detached
@@ -461,7 +517,9 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
     n_hist = n_steps // hist_every
     h = hist[:n_hist].cpu().numpy()
     history = {name: h[:, i] for i, name in enumerate(TERMS)}
-    history["regul_total"] = (h[:, 1:] * coeffs[1:].cpu().numpy()).sum(axis=1)
+    rows = (np.arange(n_hist) + 1) * hist_every
+    w = np.where((rows < phase_at)[:, None], coeffs_hist.cpu().numpy(), coeffs.cpu().numpy())
+    history["regul_total"] = (h[:, 1:] * w[:, 1:]).sum(axis=1)
     return TrainResult(model=model, steps=n_steps, n_steps=n_steps, seconds=seconds,
                        device=str(dev), history_steps=(np.arange(n_hist) + 1) * hist_every,
                        history=history, reports=reports)
@@ -470,78 +528,3 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
 def _bad_term(terms: Tensor) -> str:
     finite = torch.isfinite(terms.detach()).tolist()
     return next((name for name, ok in zip(TERMS, finite) if not ok), "loss")
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def rollout(model: MetabolismGNN, c0: Tensor, n_frames: int, dt: float,
-            substeps: int = 1) -> Tensor:
-    """Euler roll-out of the learned model from c0, concentrations clamped at 0: the
-    simulator's scheme (``substeps`` steps of ``dt / substeps`` per frame)."""
-    out = torch.empty(n_frames, c0.shape[-1], device=c0.device)
-    c = c0.clone()
-    h = dt / substeps
-    for t in range(n_frames):
-        out[t] = c
-        for _ in range(substeps):
-            c = torch.clamp(c + h * model(c.unsqueeze(0)).squeeze(0), min=0.0)
-        if not torch.isfinite(c).all():
-            out[t + 1:] = float("nan")
-            break
-    return out
-
-
-@torch.no_grad()
-def evaluate(model: MetabolismGNN, ds: Dataset, cfg: Config) -> tuple[dict[str, Any],
-                                                                      dict[str, np.ndarray]]:
-    """All end-of-run metrics (DESIGN.md) and the arrays the plots need."""
-    model.eval()
-    dev = model.log_k.device
-    x = torch.as_tensor(ds.x, dtype=torch.float32, device=dev)
-    y = torch.as_tensor(ds.y, dtype=torch.float32, device=dev)
-    sq = 0.0
-    for start in range(0, x.shape[0], 1024):
-        pred = model(x[start:start + 1024])
-        sq += float(((pred - y[start:start + 1024]) ** 2).sum())
-    final_loss = sq / y.numel()
-
-    log_k = model.log_k.detach().cpu().double().numpy()
-    out: dict[str, Any] = {"final_loss": final_loss}
-    out.update(M.rate_constant_metrics(ds.log_k_true, log_k))
-
-    x_test = torch.as_tensor(ds.x_test, dtype=torch.float32, device=dev)
-    roll = rollout(model, x_test[0], x_test.shape[0], cfg.simulation.delta_t,
-                   cfg.simulation.substeps).cpu().numpy()
-    out.update(M.rollout_metrics(ds.x_test, roll))
-
-    c_max = float(ds.x.max())
-    c_grid = torch.linspace(0.0, c_max, 200, device=dev)
-    powers = sorted({int(p) for p in np.unique(ds.substrate_power) if p > 0})
-    curves = {s: model.substrate_function(c_grid, torch.full_like(c_grid, float(s))).cpu().numpy()
-              for s in powers}
-    sub = M.mlp_sub_metrics(c_grid.cpu().numpy(), curves)
-    out.update(sub)
-
-    c_node = torch.linspace(float(ds.x.min()), c_max, 50, device=dev)
-    c_mat = c_node[:, None].expand(-1, model.n_metabolites).contiguous()
-    node_out = model.node_function(c_mat).cpu().numpy()
-    node = M.mlp_node_metrics(c_mat.cpu().numpy(), node_out, ds.metabolite_type,
-                              ds.network.lambdas, ds.network.baselines)
-    out.update(node)
-
-    r2 = out["rate_constants_R2"]
-    out["status"] = M.classify(r2)
-    out["degeneracy_gap"] = M.degeneracy_gap(out["test_pearson"], r2)
-    out["diagnosis"] = M.diagnose(out["test_pearson"], r2)
-    out["visual"] = M.visual_line({**sub, **node})
-    arrays = {
-        "log_k_true": ds.log_k_true, "log_k_learned": log_k,
-        "c_grid": c_grid.cpu().numpy(), "x_test": ds.x_test, "x_rollout": roll,
-        "c_node": c_mat.cpu().numpy(), "node_out": node_out,
-        **{f"sub_curve_{s}": v for s, v in curves.items()},
-    }
-    model.train()
-    return out, arrays

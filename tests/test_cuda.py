@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from metab_opt.config import Config
+from metab_opt.evaluation import evaluate
 from metab_opt.objective import run_training
 from metab_opt.simulation import Dataset
-from metab_opt.training import _step_terms, build_model, evaluate, select_device, train
+from metab_opt.training import _step_terms, build_model, select_device, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -162,3 +162,13 @@ def test_fused_and_autograd_steps_train_alike(tiny_cfg, tiny_dataset, fused: boo
     first = run(fused)
     assert torch.equal(first, run(fused))
     torch.testing.assert_close(first, run(not fused), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("node_c_scale", [0.5, 30.0])
+def test_fused_matches_autograd_with_mlp_node_input_scaled(tiny_cfg, tiny_dataset,
+                                                           node_c_scale: float) -> None:
+    cfg = configure(tiny_cfg, {"node_c_scale": node_c_scale}, ALL_ON)
+    terms, grads, got, fused_grads = both_paths(tiny_dataset, cfg, slice(3, 11))
+    torch.testing.assert_close(got, terms, rtol=1e-10, atol=1e-12)
+    for name, g in grads.items():
+        torch.testing.assert_close(fused_grads[name], g, rtol=1e-9, atol=1e-12, msg=name)

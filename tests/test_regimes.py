@@ -158,7 +158,7 @@ def test_study_start_from_a_bad_file_exit_2_one_line_nothing_written(tmp_path: P
 def test_the_rollout_integrates_like_the_simulator() -> None:
     import torch
 
-    from metab_opt.training import rollout
+    from metab_opt.evaluation import rollout
 
     class Decay(torch.nn.Module):
         def forward(self, c: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 
 from metab_opt import metrics as M
 from metab_opt.config import Config
+from metab_opt.evaluation import evaluate, rollout
 from metab_opt.losses import LOSS_TERMS
 from metab_opt.objective import HEADLINE, run_training
 from metab_opt.simulation import Dataset
@@ -24,9 +25,7 @@ from metab_opt.training import (
     TrainingDiverged,
     _step_terms,
     build_model,
-    evaluate,
     param_groups,
-    rollout,
     select_device,
     term_weights,
     train,
@@ -40,7 +39,9 @@ PNGS = ("tmp_training/function/substrate_func/MLP_sub_{step:07d}.png",
         "tmp_training/function/rate_func/MLP_node_{step:07d}.png",
         "tmp_training/rate/rate_constants_{step:07d}.png",
         "tmp_training/loss.png",
-        "results/kinograph.png")
+        "results/kinograph.png",
+        "results/rollout_traces.png",
+        "tmp_training/embedding/embedding_{step:07d}.png")
 
 
 def with_training(cfg: Config, **values: object) -> Config:

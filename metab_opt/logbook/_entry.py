@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from metab_opt.joint import joint_summary
 from metab_opt.ucbtree import (
     ATTR_BLOCK,
     ATTR_MUTATION,
@@ -104,8 +105,9 @@ def _metrics_line(trial: FrozenTrial) -> str:
 
 def _observation(trial: FrozenTrial, parent: FrozenTrial | None,
                  best_before: tuple[int, float] | None) -> str:
-    """One computed line: what changed against the parent, the diagnosis, scale ambiguity
-    (shifted R² > 0.9 with R² < 0.9), the record."""
+    """One computed line: what changed against the parent, the diagnosis, the joint recovery's
+    verdict (:func:`metab_opt.joint.joint_summary`), scale ambiguity (shifted R² > 0.9 with
+    R² < 0.9), the record."""
     parts: list[str] = []
     r2 = trial_r2(trial)
     if trial.state == TrialState.FAIL:
@@ -131,6 +133,9 @@ def _observation(trial: FrozenTrial, parent: FrozenTrial | None,
         gap = finite(trial.user_attrs.get("degeneracy_gap"))
         gap_text = f" (gap {gap:.2f})" if gap is not None else ""
         parts.append(f"diagnosis {' '.join(str(diagnosis).split())}{gap_text}")
+    joint = joint_summary(trial.user_attrs)
+    if joint:
+        parts.append(f"joint {joint}")
     shifted = finite(trial.user_attrs.get("rate_constants_R2_shifted"))
     r2_attr = finite(trial.user_attrs.get("rate_constants_R2"))
     r2_raw = r2_attr if r2_attr is not None else r2

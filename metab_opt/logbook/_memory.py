@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial, TrialState
 
 from metab_opt import trial_record
+from metab_opt.joint import joint_summary
 from metab_opt.trial_record import FAILED_VALUE, SEED_BY_NAME
 from metab_opt.ucbtree import (
     ATTR_MUTATION,
@@ -306,8 +307,11 @@ def _best_lines(groups: Sequence[Group], base_params: Mapping[str, Any] | None, 
     lines = []
     for i, group in enumerate(groups[:top], start=1):
         mark = " — the incumbent" if i == 1 else ""
+        joint = joint_summary(group.node.trial.user_attrs, diagnosis=False)
+        joint_text = f" (joint, iter {group.node.number}: {joint})" if joint else ""
         lines.append(f"{i}. {_group_score(group, seed_knob)}: "
-                     f"{_describe_params(group.node.params, base_params, seed_knob)}{mark}")
+                     f"{_describe_params(group.node.params, base_params, seed_knob)}{mark}"
+                     f"{joint_text}")
     return lines
 
 

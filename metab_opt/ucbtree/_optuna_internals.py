@@ -9,17 +9,21 @@ decisions. Written against Optuna 5.0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
+from optuna.samplers._base import _process_constraints_after_trial
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.trial import FrozenTrial
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
     "InternalsChanged",
     "check",
+    "constraints_of",
     "fixed_params",
+    "process_constraints",
     "heartbeat",
     "set_trial_attrs",
     "storage_of",
@@ -36,6 +40,20 @@ class InternalsChanged(RuntimeError):
 # Where ``study.enqueue_trial(params)`` puts the params on the waiting trial (Study.enqueue_trial
 # and Trial.__init__ read the same key).
 _FIXED_PARAMS_KEY = "fixed_params"
+
+
+
+def constraints_of(trial: FrozenTrial) -> tuple[float, ...] | None:
+    """The trial's constraint values as Optuna's samplers store them (``constraints_func``'s
+    values, each satisfied at <= 0), or None (none computed)."""
+    values = trial.system_attrs.get(_CONSTRAINTS_KEY)
+    return None if values is None else tuple(float(v) for v in values)
+
+
+def process_constraints(func: Callable[[FrozenTrial], Sequence[float]], study: optuna.Study,
+                        trial: FrozenTrial, state: TrialState) -> None:
+    """Compute and store a finishing trial's constraints as Optuna's own samplers do."""
+    _process_constraints_after_trial(func, study, trial, state)
 
 
 def storage_of(study: optuna.Study) -> BaseStorage:
@@ -153,6 +171,14 @@ def check() -> None:
         return fixed_params(waiting) == {"x": 1.0}
 
     _expect("the 'fixed_params' system attr of Study.enqueue_trial", enqueued)
+
+    def constrained() -> bool:
+        process_constraints(lambda t: (0.5, -1.0), study, frozen, TrialState.COMPLETE)
+        again = study.get_trials(deepcopy=False)[0]
+        return constraints_of(again) == (0.5, -1.0)
+
+    _expect("the constraints of samplers' constraints_func (_process_constraints_after_trial)",
+            constrained)
 
     def heartbeat_module() -> bool:
         from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled

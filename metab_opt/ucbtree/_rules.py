@@ -145,11 +145,12 @@ class Planner:
 
     def status(self, node: tree.Node) -> str | None:
         """converged / partial / failed (:func:`classify`); a failed trial is failed whatever
-        value it counts as."""
+        value it counts as, and one that violates a constraint is at best partial."""
         if node.failed:
             return FAILED
-        return classify(node.value, sign=self.sign, converged=self.s.converged,
-                        failed=self.s.failed)
+        status = classify(node.value, sign=self.sign, converged=self.s.converged,
+                          failed=self.s.failed)
+        return PARTIAL if status == CONVERGED and not node.feasible else status
 
     def describe_root(self) -> str:
         node = self.by_number.get(self.root)

@@ -116,6 +116,10 @@ class UCBSampler(BaseSampler):
             Samples params outside the search space; default ``RandomSampler(seed)``.
         value_name:
             How the ``parent_rule`` lines name the objective (``"loss"``, ``"R2"``).
+        constraints_func:
+            As Optuna's samplers take it: a finished trial's constraint values, each satisfied
+            at <= 0, stored in its system attrs. A trial that violates one is never converged
+            (at best partial) for the rules; its value still ranks it.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class UCBSampler(BaseSampler):
         steps: int = DEFAULT_STEPS,
         independent_sampler: BaseSampler | None = None,
         value_name: str = "value",
+        constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
     ) -> None:
         if (search_space is None) == (knobs is None):
             raise ValueError("give either search_space (Optuna distributions) or knobs")
@@ -191,6 +196,10 @@ class UCBSampler(BaseSampler):
             degenerate=degenerate, value_name=str(value_name), owner=type(self).__name__,
             survey=survey, model=model)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
+        if constraints_func is not None and not callable(constraints_func):
+            raise ValueError(f"constraints_func: expected None or a callable, "
+                             f"got {constraints_func!r}")
+        self._constraints_func = constraints_func
         self._search_space = dict(space)
         # Parsed nodes of finished trials, per storage, study and direction. Only a speed-up:
         # a finished trial never changes, so the cache cannot make two workers disagree.
@@ -327,6 +336,8 @@ class UCBSampler(BaseSampler):
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
+        if self._constraints_func is not None:
+            internals.process_constraints(self._constraints_func, study, trial, state)
         self._independent_sampler.after_trial(study, trial, state, values)
 
     # -- views -------------------------------------------------------------------------------

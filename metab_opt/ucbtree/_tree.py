@@ -16,6 +16,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from ._optuna_internals import constraints_of
 from ._record import (
     FINISHED,
     RECORD_KEY,
@@ -73,6 +74,9 @@ class Node:
     key: tuple[Any, ...]  # params_key over every knob: identical params sets share it
     group: tuple[Any, ...]  # params_key over every knob but the seed: the replicate group
     score: float | None  # sign * value: higher is better whatever the study's direction
+    # Every constraint of the sampler's constraints_func satisfied (True when none were given):
+    # an infeasible node is never converged, whatever its value.
+    feasible: bool
     # The trial itself, for callers' own readings (a problem's diagnosis, its user attrs).
     trial: FrozenTrial = field(compare=False, repr=False)
 
@@ -149,6 +153,7 @@ def read_node(trial: FrozenTrial, base_params: Mapping[str, Any], names: Sequenc
         key=params_key(params, names),
         group=params_key(params, group_names),
         score=None if value is None else sign * value,
+        feasible=all(v <= 0.0 for v in constraints_of(trial) or ()),
         trial=trial,
     )
 
