@@ -185,6 +185,10 @@ def test_sampler_stores_constraints_and_never_calls_a_violating_run_converged() 
         node = read_node(t, {"x": 0.5}, ["x"], ["x"])
         assert node is not None and node.feasible == (t.number % 2 == 0)
         assert planner.status(node) == (CONVERGED if t.number % 2 == 0 else PARTIAL)
+        # The rules rank an infeasible trial by its value less its total violation: here the
+        # type-1 slope ratio 0.45 misses the range's low end by 0.35.
+        penalty = 0.0 if node.feasible else 0.8 - 0.45
+        assert node.score == pytest.approx(t.value - penalty)
 
 
 def test_without_constraints_nothing_is_stored_and_r2_alone_decides() -> None:
@@ -204,7 +208,7 @@ def test_a_constraint_stored_by_another_sampler_counts_too() -> None:
     t = create_trial(params={"x": 0.5}, distributions={"x": dist}, value=0.99,
                      system_attrs={"constraints": (0.2, -1.0, 0.0)})
     node = read_node(t, {"x": 0.5}, ["x"], ["x"])
-    assert node is not None and not node.feasible
+    assert node is not None and not node.feasible and node.score == pytest.approx(0.79)
 
 
 def test_one_far_off_metabolite_does_not_take_a_cluster_of_its_own() -> None:

@@ -119,7 +119,8 @@ class UCBSampler(BaseSampler):
         constraints_func:
             As Optuna's samplers take it: a finished trial's constraint values, each satisfied
             at <= 0, stored in its system attrs. A trial that violates one is never converged
-            (at best partial) for the rules; its value still ranks it.
+            (at best partial) for the rules, and ranks as if its value were worse by its total
+            violation (the sum of its positive constraint values) wherever the rules compare.
     """
 
     def __init__(

@@ -3,7 +3,8 @@
 Everything here is a pure function of the trials read from the storage, so that every worker
 (thread or process) that reads the same storage computes the same tree. Values keep the
 objective's units; every comparison goes through a node's ``score`` (``sign * value``, sign +1
-for a maximized study and -1 for a minimized one), so "higher is better" holds throughout.
+for a maximized study and -1 for a minimized one, less the total violation of a trial that
+misses a constraint), so "higher is better" holds throughout.
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ class Node:
     record: Mapping[str, Any] | None
     key: tuple[Any, ...]  # params_key over every knob: identical params sets share it
     group: tuple[Any, ...]  # params_key over every knob but the seed: the replicate group
-    score: float | None  # sign * value: higher is better whatever the study's direction
+    # sign * value - violation: higher is better whatever the study's direction. ``violation``
+    # is the sum of the trial's positive constraint values (0 without constraints): a trial
+    # that misses a constraint ranks as if its value were that much worse, everywhere the
+    # rules compare (PUCT, the incumbent, the direction memory, the move model).
+    score: float | None
     # Every constraint of the sampler's constraints_func satisfied (True when none were given):
     # an infeasible node is never converged, whatever its value.
     feasible: bool
@@ -141,6 +146,7 @@ def read_node(trial: FrozenTrial, base_params: Mapping[str, Any], names: Sequenc
     # The values the objective actually received win over the proposal.
     params.update({k: v for k, v in trial.params.items() if k in params})
     value = trial_value(trial, failed_value=failed_value)
+    violation = sum(max(0.0, v) for v in constraints_of(trial) or ())
     return Node(
         number=trial.number,
         state=trial.state,
@@ -152,8 +158,8 @@ def read_node(trial: FrozenTrial, base_params: Mapping[str, Any], names: Sequenc
         record=record,
         key=params_key(params, names),
         group=params_key(params, group_names),
-        score=None if value is None else sign * value,
-        feasible=all(v <= 0.0 for v in constraints_of(trial) or ()),
+        score=None if value is None else sign * value - violation,
+        feasible=violation == 0.0,
         trial=trial,
     )
 
