@@ -362,6 +362,11 @@ def plot_embeddings(path: _PathLike, embedding: ArrayLike, types: ArrayLike,
     D = 2 is drawn as is; a wider embedding by its first two principal components (axis labels
     say which). The title shows ``embedding_cluster_acc`` and ``embedding_silhouette``.
     """
+    return _save(_embeddings_figure(embedding, types, metrics), path)
+
+
+def _embeddings_figure(embedding: ArrayLike, types: ArrayLike,
+                       metrics: Mapping[str, Any]) -> Figure:
     e = np.asarray(embedding, dtype=np.float64)
     ty = np.asarray(types, dtype=np.int64).ravel()
     labels = ("embedding 0", "embedding 1")
@@ -387,7 +392,7 @@ def plot_embeddings(path: _PathLike, embedding: ArrayLike, types: ArrayLike,
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def plot_rollout_traces(path: _PathLike, x_true: ArrayLike, x_pred: ArrayLike,
@@ -399,6 +404,11 @@ def plot_rollout_traces(path: _PathLike, x_true: ArrayLike, x_pred: ArrayLike,
     ``n_traces`` whose true trajectory varies most, split evenly over the types; each panel is
     one metabolite on its own y scale. The title shows ``test_pearson`` and ``test_R2``.
     """
+    return _save(_rollout_figure(x_true, x_pred, types, metrics, n_traces), path)
+
+
+def _rollout_figure(x_true: ArrayLike, x_pred: ArrayLike, types: ArrayLike,
+                    metrics: Mapping[str, Any], n_traces: int) -> Figure:
     xt = np.asarray(x_true, dtype=np.float64)
     xp = np.asarray(x_pred, dtype=np.float64)
     ty = np.asarray(types, dtype=np.int64).ravel()
@@ -427,4 +437,4 @@ def plot_rollout_traces(path: _PathLike, x_true: ArrayLike, x_pred: ArrayLike,
             ax.legend(fontsize=7)
     fig.suptitle(f"held-out roll-out: test_pearson {_fmt(metrics.get('test_pearson'))}  "
                  f"test_R2 {_fmt(metrics.get('test_R2'), '.2f')}", fontsize=10)
-    return _save(fig, path)
+    return fig

@@ -253,3 +253,35 @@ def test_mlp_sub_with_a_scale_that_could_not_be_computed(tmp_path: Path) -> None
     fig = plots._mlp_sub_figure(c, {1: 0.5 * c, 2: np.zeros_like(c)}, {1: None, 2: None})
     assert "0.5 × c^1" in fig.axes[0].get_title()  # learned ≈ 0.5·c, from the fit
     assert "nan" in fig.axes[1].get_title()  # a flat curve has no scale
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_plot_embeddings(tmp_path: Path, dim: int) -> None:
+    rng = np.random.default_rng(0)
+    types = np.arange(20) % 2
+    emb = rng.normal(size=(20, dim)) + 3.0 * types[:, None]
+    metrics = {"embedding_cluster_acc": 1.0, "embedding_silhouette": 0.8}
+    assert _is_png(plots.plot_embeddings(tmp_path / "e" / "emb.png", emb, types, metrics))
+    ax = plots._embeddings_figure(emb, types, metrics).axes[0]
+    assert "cluster acc 1.000" in ax.get_title() and "silhouette 0.800" in ax.get_title()
+    assert len(ax.collections) == 2  # one scatter per type
+    if dim == 3:  # the first two principal components, with their share of the variance
+        assert ax.get_xlabel().startswith("PC 1 (") and ax.get_ylabel().startswith("PC 2 (")
+    assert [len(c.get_offsets()) for c in ax.collections] == [10, 10]
+
+
+def test_plot_rollout_traces_splits_the_panels_over_the_types(tmp_path: Path) -> None:
+    frames = np.linspace(0.0, 1.0, 30)[:, None]
+    x_true = 1.0 + frames * np.arange(1, 9)[None, :]  # metabolite j varies the more, the larger j
+    x_pred = x_true.copy()
+    x_pred[10:, 7] = np.nan  # a roll-out that diverged
+    types = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    metrics = {"test_pearson": 0.97, "test_R2": 0.5}
+    out = plots.plot_rollout_traces(tmp_path / "r.png", x_true, x_pred, types, metrics)
+    assert _is_png(out)
+    fig = plots._rollout_figure(x_true, x_pred, types, metrics, 4)
+    titles = [ax.get_title() for ax in fig.axes]
+    # The two most varying metabolites of each type.
+    assert titles == ["metabolite 6 (type 0)", "metabolite 4 (type 0)",
+                      "metabolite 7 (type 1)", "metabolite 5 (type 1)"]
+    assert "test_pearson 0.970" in fig.texts[0].get_text()
