@@ -167,7 +167,9 @@ def sampler(constraints: bool) -> UCBSampler:
 def objective(trial: optuna.Trial) -> float:
     x = trial.suggest_float("x", 0.0, 1.0, step=0.125)
     good = trial.number % 2 == 0  # even trials recover the homeostasis, odd ones do not
-    for key, value in run_metrics(0.95, (-0.001, -0.002 if good else -0.0009), 1.0).items():
+    m = run_metrics(0.95, (-0.001, -0.002 if good else -0.0009), 1.0)
+    m["joint_status"], m["joint_diagnosis"] = joint.joint_status(m)
+    for key, value in m.items():
         trial.set_user_attr(key, value)
     return 0.95 + 0.01 * x
 
@@ -218,3 +220,18 @@ def test_one_far_off_metabolite_does_not_take_a_cluster_of_its_own() -> None:
     emb[0] = [-12.0, -12.0]
     assert joint.embedding_cluster_acc(emb, types) == 1.0  # it is nearer its own type
     assert joint.embedding_silhouette(emb, types) > 0.5
+
+
+def test_memory_and_log_read_the_joint_verdict() -> None:
+    from metab_opt.logbook import format_entry, render_memory
+
+    study = optuna.create_study(direction="maximize", sampler=sampler(True))
+    study.optimize(objective, n_trials=2)
+    memory = render_memory(study.trials, study_name="joint")
+    assert "less its constraint violation" in memory  # the knowledge base says what it compares
+    assert "(joint, iter 0: converged: slope ratios 1.00/1.00" in memory
+    entry = format_entry(study.trials[1])
+    assert "joint partial-k: slope ratios 1.00/0.45" in entry and "type 1 slope" in entry
+    plain = optuna.create_study(direction="maximize", sampler=sampler(False))
+    plain.optimize(objective, n_trials=1)
+    assert "constraint violation" not in render_memory(plain.trials, study_name="plain")

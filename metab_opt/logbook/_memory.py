@@ -39,6 +39,7 @@ from metab_opt.ucbtree import (
     Group,
     Node,
     canonical,
+    constraints_of,
     moves,
     rank_groups,
 )
@@ -198,6 +199,9 @@ def _as_decided(node: Node, finished: Mapping[int, FrozenTrial]) -> Node:
 
 def _change_label(change: _Change) -> str:
     return " + ".join(f"{name} {direction}" for name, direction in change)
+
+
+_CONSTRAINED_NOTE = "; each side's R² less its constraint violation, as the sampler ranks it"
 
 
 def _effects(finished: Sequence[FrozenTrial], nodes: Sequence[Node], order: Sequence[str]
@@ -480,6 +484,8 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
         f"{NA if next_parent is None else next_parent}.",
     ]
     effects = _effects(finished, nodes, order)
+    # With constraints the sampler compares R² less each trial's violation, and so does this.
+    constrained = any(constraints_of(t) is not None for t in finished)
     knowledge = _knowledge_lines(effects, order, max(5, max_lines // 5), seed_knob)
     if importances is None:
         importance_lines = [f"- {NA}"]
@@ -503,8 +509,8 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
         return ["", title, *body]
 
     before = [*head,
-              *section("## Knowledge base: parent -> child changes (ΔR² = child - parent)",
-                       knowledge),
+              *section("## Knowledge base: parent -> child changes (ΔR² = child - parent"
+                       f"{_CONSTRAINED_NOTE if constrained else ''})", knowledge),
               *section("## Parameter importances", importance_lines),
               *section("## Best configurations (grouped over seeds)", best_lines)]
     after = [*section(f"## Current block {current}", current_lines),

@@ -17,7 +17,7 @@ from ._knob import DOWN, UP, Knob, KnobSpecError, Roles, default_value
 
 if TYPE_CHECKING:
     from ._mutation import Move, format_changes, moves
-    from ._optuna_internals import InternalsChanged
+    from ._optuna_internals import InternalsChanged, constraints_of
     from ._record import (
         ATTR_BLOCK,
         ATTR_MUTATION,
@@ -78,6 +78,7 @@ __all__ = [
     "VIRTUAL_ROOT",
     "canonical",
     "classify",
+    "constraints_of",
     "default_value",
     "format_changes",
     "incumbent",
@@ -94,7 +95,7 @@ __all__ = [
 # Where each lazily loaded name lives.
 _LAZY = {
     **dict.fromkeys(("Move", "format_changes", "moves"), "_mutation"),
-    "InternalsChanged": "_optuna_internals",
+    **dict.fromkeys(("InternalsChanged", "constraints_of"), "_optuna_internals"),
     **dict.fromkeys(("ATTR_BLOCK", "ATTR_MUTATION", "ATTR_NODE_ID", "ATTR_PARENT_ID",
                      "ATTR_PARENT_RULE", "ATTR_STRATEGY", "CONVERGED", "FAILED", "FINISHED",
                      "PARTIAL", "RECORD_KEY", "STRATEGIES", "USER_ATTRS", "VIRTUAL_ROOT",
