@@ -822,11 +822,11 @@ def test_every_shipped_config_declares_the_standard_roles(path: Path) -> None:
     # The roles the sampler's rules used by name before they were declared: with them, its
     # decisions are those of tests/data/decisions.json. And the knobs the survey leaves at the
     # root's values: the two that set a trial's step count besides the duration knob.
-    # rank50_joint is the exception, on purpose: its spread steps the homeostasis rates, and
-    # it searches neither n_epochs nor batch_size.
+    # rank50_joint(_best) are the exception, on purpose: the spread steps the homeostasis rates,
+    # and they search neither n_epochs nor batch_size.
     roles = load_config(path).search.roles
     assert roles is not None
-    if path.stem == "rank50_joint":
+    if path.stem in ("rank50_joint", "rank50_joint_best"):
         assert roles.to_dict() == {**STANDARD_ROLES,
                                    "spread": ["lr_node", "lr_emb", "homeostasis_lr_factor"]}
         return
@@ -839,7 +839,8 @@ def test_every_shipped_config_declares_its_survey(path: Path) -> None:
     search = load_config(path).search
     assert 0 <= search.survey <= search.n_iter_block - 1
     expected = {"rank50": 8, "rank50_proxy": 8, "bench": 8, "tiny": 2, "rank50_best": 0,
-                "rank20": 8, "rank70": 8, "rank20_best": 8, "rank70_best": 8, "rank50_joint": 0}
+                "rank20": 8, "rank70": 8, "rank20_best": 8, "rank70_best": 8, "rank50_joint": 0,
+                "rank50_joint_best": 0}
     assert search.survey == expected[path.stem]
 
 
