@@ -22,7 +22,6 @@ from metab_opt.simulation import Dataset
 __all__ = ["evaluate", "rollout"]
 
 
-
 @torch.no_grad()
 def rollout(model: MetabolismGNN, c0: Tensor, n_frames: int, dt: float,
             substeps: int = 1) -> Tensor:
