@@ -16,7 +16,7 @@ from metab_opt.ucbtree import UCBSampler
 from metab_opt.ucbtree._optuna_internals import constraints_of
 from metab_opt.ucbtree._record import CONVERGED, PARTIAL
 from metab_opt.ucbtree._rules import Planner
-from metab_opt.ucbtree._tree import read_node
+from metab_opt.ucbtree._tree import Node, read_node
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -174,18 +174,29 @@ def objective(trial: optuna.Trial) -> float:
     return 0.95 + 0.01 * x
 
 
-def test_sampler_stores_constraints_and_never_calls_a_violating_run_converged() -> None:
-    study = optuna.create_study(direction="maximize", sampler=sampler(True))
-    study.optimize(objective, n_trials=4)
+def run_study(constraints: bool, n: int) -> tuple[optuna.Study, Planner]:
+    """A finished toy study and the sampler's rules as they stand after it."""
+    study = optuna.create_study(direction="maximize", sampler=sampler(constraints))
+    study.optimize(objective, n_trials=n)
     s = study.sampler
     assert isinstance(s, UCBSampler)
-    planner = Planner(s._settings, study.trials, 4, sign=1.0)
+    return study, Planner(s._settings, study.trials, n, sign=1.0)
+
+
+def node_of(t: optuna.trial.FrozenTrial) -> Node:
+    node = read_node(t, {"x": 0.5}, ["x"], ["x"])
+    assert node is not None
+    return node
+
+
+def test_sampler_stores_constraints_and_never_calls_a_violating_run_converged() -> None:
+    study, planner = run_study(True, 4)
     for t in study.trials:
         assert t.state == TrialState.COMPLETE and t.value is not None and t.value > 0.9
         values = constraints_of(t)
         assert values is not None and len(values) == 3
-        node = read_node(t, {"x": 0.5}, ["x"], ["x"])
-        assert node is not None and node.feasible == (t.number % 2 == 0)
+        node = node_of(t)
+        assert node.feasible == (t.number % 2 == 0)
         assert planner.status(node) == (CONVERGED if t.number % 2 == 0 else PARTIAL)
         # The rules rank an infeasible trial by its value less its total violation: here the
         # type-1 slope ratio 0.45 misses the range's low end by 0.35.
@@ -194,15 +205,11 @@ def test_sampler_stores_constraints_and_never_calls_a_violating_run_converged() 
 
 
 def test_without_constraints_nothing_is_stored_and_r2_alone_decides() -> None:
-    study = optuna.create_study(direction="maximize", sampler=sampler(False))
-    study.optimize(objective, n_trials=2)
-    s = study.sampler
-    assert isinstance(s, UCBSampler)
-    planner = Planner(s._settings, study.trials, 2, sign=1.0)
+    study, planner = run_study(False, 2)
     for t in study.trials:
         assert constraints_of(t) is None
-        node = read_node(t, {"x": 0.5}, ["x"], ["x"])
-        assert node is not None and node.feasible and planner.status(node) == CONVERGED
+        node = node_of(t)
+        assert node.feasible and planner.status(node) == CONVERGED
 
 
 def test_a_constraint_stored_by_another_sampler_counts_too() -> None:
