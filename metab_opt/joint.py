@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from metab_opt.metrics import CONVERGED_R2
+from metab_opt.metrics import CONVERGED_R2, as_float
 
 __all__ = [
     "CLUSTER_ACC_NEEDED",
@@ -144,21 +144,13 @@ def embedding_silhouette(embedding: ArrayLike, types: ArrayLike) -> float:
     return float(scores.mean())
 
 
-def _num(x: object) -> float:
-    try:
-        v = float(x)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
-    return v
-
-
 def slope_ratios(node_metrics: Mapping[str, Any], n_types: int) -> dict[str, float]:
     """``MLP_node_slope_ratio_type{t}`` (learned / true slope) and ``avg_slope_ratio`` from
     :func:`metab_opt.metrics.mlp_node_metrics`'s output; NaN where a slope is missing."""
     out: dict[str, float] = {}
     for t in range(n_types):
-        learned = _num(node_metrics.get(f"MLP_node_slope_type{t}"))
-        true = _num(node_metrics.get(f"MLP_node_true_slope_type{t}"))
+        learned = as_float(node_metrics.get(f"MLP_node_slope_type{t}"))
+        true = as_float(node_metrics.get(f"MLP_node_true_slope_type{t}"))
         ok = math.isfinite(learned) and math.isfinite(true) and true != 0.0
         out[f"MLP_node_slope_ratio_type{t}"] = learned / true if ok else math.nan
     values = list(out.values())
@@ -177,7 +169,7 @@ def _ratio_ok(r: float) -> bool:
 
 def joint_status(m: Mapping[str, Any]) -> tuple[str, str]:
     """(``joint_status``, ``joint_diagnosis``) of a run's metrics (module docstring)."""
-    r2 = _num(m.get("rate_constants_R2"))
+    r2 = as_float(m.get("rate_constants_R2"))
     missing_k = [] if r2 > CONVERGED_R2 else [f"k (R² {r2:.3f} <= {CONVERGED_R2})"]
     missing_h = []
     lo, hi = SLOPE_RATIO_RANGE
@@ -185,11 +177,11 @@ def joint_status(m: Mapping[str, Any]) -> tuple[str, str]:
     if not names:
         missing_h.append("slopes (none measured)")
     for name in names:
-        r = _num(m.get(name))
+        r = as_float(m.get(name))
         if not _ratio_ok(r):
             t = name[len("MLP_node_slope_ratio_type"):]
             missing_h.append(f"type {t} slope (ratio {r:.2f} outside [{lo}, {hi}])")
-    acc = _num(m.get("embedding_cluster_acc"))
+    acc = as_float(m.get("embedding_cluster_acc"))
     if not acc >= CLUSTER_ACC_NEEDED:
         missing_h.append(f"type clusters (embedding_cluster_acc {acc:.2f} < {CLUSTER_ACC_NEEDED})")
     if not missing_k and not missing_h:
@@ -222,9 +214,9 @@ def constraints(user_attrs: Mapping[str, Any], n_types: int) -> list[float]:
     lo, hi = SLOPE_RATIO_RANGE
     out = []
     for t in range(n_types):
-        r = _num(user_attrs.get(f"MLP_node_slope_ratio_type{t}"))
+        r = as_float(user_attrs.get(f"MLP_node_slope_ratio_type{t}"))
         out.append(max(lo - r, r - hi) if math.isfinite(r) else 1.0)
-    acc = _num(user_attrs.get("embedding_cluster_acc"))
+    acc = as_float(user_attrs.get("embedding_cluster_acc"))
     out.append(CLUSTER_ACC_NEEDED - acc if math.isfinite(acc) else 1.0)
     return out
 
@@ -238,7 +230,7 @@ def joint_summary(m: Mapping[str, Any], *, diagnosis: bool = True) -> str | None
         return None
 
     def fmt(x: object) -> str:
-        v = _num(x)
+        v = as_float(x)
         return f"{v:.2f}" if math.isfinite(v) else "n/a"
 
     ratios = "/".join(fmt(m.get(name)) for name in _ratio_names(m)) or "n/a"

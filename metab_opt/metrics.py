@@ -88,6 +88,7 @@ __all__ = [
     "mlp_node_truth",
     "mlp_node_metrics",
     "CONVERGED_R2",
+    "as_float",
     "FAILED_R2",
     "classify",
     "degeneracy_gap",
@@ -416,7 +417,8 @@ def diagnose(test_pearson: float | None, r2: float | None) -> str:
     return "poor dynamics"
 
 
-def _num(x: object) -> float:
+def as_float(x: object) -> float:
+    """``x`` as a float when it is a finite number, else NaN (a missing or failed metric)."""
     return float(x) if _finite(x) else float("nan")  # type: ignore[arg-type]
 
 
@@ -461,7 +463,7 @@ def _visual_sub(m: Mapping[str, object]) -> str:
     rough: list[str] = []
     wrong: list[str] = []
     for s in ss:
-        r2 = _num(m[f"{prefix}{s}"])
+        r2 = as_float(m[f"{prefix}{s}"])
         name = f"c^{s}"
         if math.isfinite(r2) and r2 >= _SUB_MATCH:
             match.append(name)
@@ -482,7 +484,7 @@ def _visual_sub(m: Mapping[str, object]) -> str:
     text = "; ".join(parts)
     # The R² above is measured after the best scale, so the scale is judged separately: a learned
     # MLP_sub at 0.24·c^s fits c^s perfectly in shape while k carries the missing factor.
-    scales = {s: _num(m[f"MLP_sub_scale_s{s}"]) for s in ss if f"MLP_sub_scale_s{s}" in m}
+    scales = {s: as_float(m[f"MLP_sub_scale_s{s}"]) for s in ss if f"MLP_sub_scale_s{s}" in m}
     off = any(_scale_off(v) for v in scales.values())
     if scales:
         texts = [_fmt_scale(scales[s]) for s in sorted(scales)]
@@ -510,8 +512,8 @@ def _slope_word(m: Mapping[str, object]) -> str | None:
         if not key.startswith(prefix):
             continue
         t = key[len(prefix) :]
-        learned = _num(m[key])
-        true = _num(m.get(f"MLP_node_true_slope_type{t}"))
+        learned = as_float(m[key])
+        true = as_float(m.get(f"MLP_node_true_slope_type{t}"))
         if not (math.isfinite(learned) and math.isfinite(true)) or true == 0.0:
             continue
         ratios.append(learned / true)
@@ -527,9 +529,9 @@ def _slope_word(m: Mapping[str, object]) -> str | None:
 
 
 def _visual_node(m: Mapping[str, object]) -> str:
-    r2 = _num(m.get("MLP_node_R2"))
-    mx = _num(m.get("MLP_node_max_abs"))
-    true_mx = _num(m.get("MLP_node_true_max_abs"))
+    r2 = as_float(m.get("MLP_node_R2"))
+    mx = as_float(m.get("MLP_node_max_abs"))
+    true_mx = as_float(m.get("MLP_node_true_max_abs"))
     if "MLP_node_R2" not in m and "MLP_node_max_abs" not in m:
         return "MLP_node=bad: not evaluated"
     if not (math.isfinite(r2) and math.isfinite(mx)):
