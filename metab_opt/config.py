@@ -267,7 +267,10 @@ class Config:
         return simulation_hash(self.simulation)
 
     def search_space_hash(self) -> str:
-        return _hash([dataclasses.asdict(k) for k in self.search.knobs])
+        space: list[Any] = [dataclasses.asdict(k) for k in self.search.knobs]
+        if self.search.constraints != "none":  # absent before constraints existed
+            space.append({"constraints": self.search.constraints})
+        return _hash(space)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

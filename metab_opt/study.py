@@ -84,11 +84,23 @@ def make_pruner(kind: str, cfg: Config | None = None) -> Any:
 # Create or resume
 
 
+# Model and training keys added after studies were started, left out of the fingerprint at
+# these values (the training they leave as it was): older studies resume.
+_FINGERPRINT_OMIT_AT: dict[str, dict[str, Any]] = {
+    "graph_model": {"node_c_scale": 1.0},
+    "training": {"learning_rate_embedding": 0.0, "time_step": 1, "homeostasis_phase": 0.0,
+                 "homeostasis_lr_factor": 1.0},
+}
+
+
 def _fingerprint(cfg: Config, sampler: str) -> dict[str, str]:
     """What must match for a study to be resumed: the data, the search space, the model."""
     body = cfg.to_dict()
-    model_training = json.dumps({"graph_model": body["graph_model"],
-                                 "training": body["training"]}, sort_keys=True, default=str)
+    kept = {section: {k: v for k, v in body[section].items()
+                      if k not in _FINGERPRINT_OMIT_AT[section]
+                      or v != _FINGERPRINT_OMIT_AT[section][k]}
+            for section in ("graph_model", "training")}
+    model_training = json.dumps(kept, sort_keys=True, default=str)
     return {
         "simulation": cfg.simulation_hash(),
         "search space": cfg.search_space_hash(),

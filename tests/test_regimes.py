@@ -60,6 +60,21 @@ def test_substeps_at_one_keep_the_cache_key_of_existing_configs() -> None:
     assert sim._config_hash(two) != RANK50.simulation_hash()
 
 
+def test_the_joint_options_at_their_defaults_keep_existing_studies_resumable() -> None:
+    from metab_opt.study import _fingerprint
+
+    # rank50's fingerprint as it was before the joint options and search.constraints existed
+    # (JSON of the config: the same on every CPU).
+    fp = _fingerprint(RANK50, "ucb")
+    assert fp["model and training"] == "ca7666c7f530ad1f"
+    assert fp["search space"] == "c989b3051a1e5d8e"
+    on = dataclasses.replace(RANK50, training=dataclasses.replace(RANK50.training, time_step=2))
+    assert _fingerprint(on, "ucb")["model and training"] != fp["model and training"]
+    joint = dataclasses.replace(RANK50, search=dataclasses.replace(RANK50.search,
+                                                                   constraints="joint"))
+    assert _fingerprint(joint, "ucb")["search space"] != fp["search space"]
+
+
 # -- the regimes ----------------------------------------------------------------------------------
 
 
