@@ -434,7 +434,7 @@ def _rollout_figure(x_true: ArrayLike, x_pred: ArrayLike, types: ArrayLike,
         ax.set_title(f"metabolite {j} (type {ty[j]})", fontsize=9)
         ax.grid(alpha=0.3)
         if k == 0:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left")  # "best" scans every point: slow
     fig.suptitle(f"held-out roll-out: test_pearson {_fmt(metrics.get('test_pearson'))}  "
                  f"test_R2 {_fmt(metrics.get('test_R2'), '.2f')}", fontsize=10)
     return fig
