@@ -239,6 +239,9 @@ def test_memory_and_log_read_the_joint_verdict() -> None:
     assert "(joint, iter 0: converged: slope ratios 1.00/1.00" in memory
     entry = format_entry(study.trials[1])
     assert "joint partial-k: slope ratios 1.00/0.45" in entry and "type 1 slope" in entry
+    # R² 0.95 alone is converged; the log reads the trial as the sampler does: partial.
+    assert entry.startswith("## Iter 1: partial\n")
+    assert format_entry(study.trials[0]).startswith("## Iter 0: converged\n")
     plain = optuna.create_study(direction="maximize", sampler=sampler(False))
     plain.optimize(objective, n_trials=1)
     assert "constraint violation" not in render_memory(plain.trials, study_name="plain")

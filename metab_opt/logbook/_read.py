@@ -19,8 +19,11 @@ from metab_opt.ucbtree import (
     ATTR_BLOCK,
     ATTR_NODE_ID,
     ATTR_PARENT_ID,
+    CONVERGED,
     FAILED,
     FINISHED,
+    PARTIAL,
+    constraints_of,
 )
 
 __all__ = [
@@ -67,12 +70,16 @@ def int_or_none(value: Any) -> int | None:
 
 def status(trial: FrozenTrial) -> str:
     """converged / partial / failed, as the objective recorded it or as the R² implies
-    (:func:`metab_opt.trial_record.classify_r2`); ``(pruned)`` after a pruned trial's."""
+    (:func:`metab_opt.trial_record.classify_r2`), and as the sampler reads it: a converged
+    trial that misses one of its stored constraints is partial; ``(pruned)`` after a pruned
+    trial's."""
     if trial.state == TrialState.FAIL:
         return FAILED
     recorded = trial.user_attrs.get("status")
     if not isinstance(recorded, str) or not recorded:
         recorded = classify_r2(trial_r2(trial))
+    if recorded == CONVERGED and any(v > 0 for v in constraints_of(trial) or ()):
+        recorded = PARTIAL
     return f"{recorded} (pruned)" if trial.state == TrialState.PRUNED else recorded
 
 
