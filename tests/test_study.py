@@ -337,7 +337,9 @@ def test_resume_with_another_config_is_refused(study3: dict[str, Any]) -> None:
 
 def test_sigkill_then_resume_fails_and_retries_the_trial(tmp_path: Path) -> None:
     heartbeat = ("--heartbeat-interval", "1", "--grace-period", "2")
-    proc = _start(_cmd(tmp_path, "--n-trials", "2", *heartbeat, max_steps=3000))
+    # Long enough that the trial is still running 0.5 s after it is first seen, on a busy
+    # machine too (3000 steps once finished first, in a full suite beside other work).
+    proc = _start(_cmd(tmp_path, "--n-trials", "2", *heartbeat, max_steps=8000))
     try:
         killed = _wait_running(tmp_path, proc, heartbeat=True)
         time.sleep(0.5)
@@ -373,7 +375,7 @@ def test_sigkill_then_resume_fails_and_retries_the_trial(tmp_path: Path) -> None
 
 
 def test_ctrl_c_fails_the_running_trial_and_flushes_the_log(tmp_path: Path) -> None:
-    proc = _start(_cmd(tmp_path, "--n-trials", "2", max_steps=3000))
+    proc = _start(_cmd(tmp_path, "--n-trials", "2", max_steps=8000))  # long: see above
     try:
         number = _wait_running(tmp_path, proc)
         time.sleep(1.0)  # inside the training
