@@ -480,7 +480,7 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
     rep_start = 0
     try:
         for step in range(1, n_steps + 1):
-            if step == phase_at and step <= n_steps:
+            if step == phase_at:  # never, without the phase (phase_at = n_steps + 1)
                 cfg2 = homeostasis_config(cfg)
                 take_step = _make_step(model, cfg2, x, y, gen, cuda_graph, fused)
                 coeffs = term_weights(cfg2, dev)
@@ -521,7 +521,7 @@ def _train(ds: Dataset, cfg: Config, dev: torch.device,
     w = np.where((rows < phase_at)[:, None], coeffs_hist.cpu().numpy(), coeffs.cpu().numpy())
     history["regul_total"] = (h[:, 1:] * w[:, 1:]).sum(axis=1)
     return TrainResult(model=model, steps=n_steps, n_steps=n_steps, seconds=seconds,
-                       device=str(dev), history_steps=(np.arange(n_hist) + 1) * hist_every,
+                       device=str(dev), history_steps=rows,
                        history=history, reports=reports)
 
 

@@ -23,7 +23,7 @@ from metab_opt.ucbtree import (
     FAILED,
     FINISHED,
     PARTIAL,
-    constraints_of,
+    constraint_violation,
 )
 
 __all__ = [
@@ -78,7 +78,7 @@ def status(trial: FrozenTrial) -> str:
     recorded = trial.user_attrs.get("status")
     if not isinstance(recorded, str) or not recorded:
         recorded = classify_r2(trial_r2(trial))
-    if recorded == CONVERGED and any(v > 0 for v in constraints_of(trial) or ()):
+    if recorded == CONVERGED and constraint_violation(trial) > 0:
         recorded = PARTIAL
     return f"{recorded} (pruned)" if trial.state == TrialState.PRUNED else recorded
 

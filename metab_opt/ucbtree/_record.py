@@ -14,6 +14,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from ._optuna_internals import constraints_of
+
 __all__ = [
     "CONVERGED",
     "FAILED",
@@ -24,6 +26,7 @@ __all__ = [
     "USER_ATTRS",
     "VIRTUAL_ROOT",
     "classify",
+    "constraint_violation",
     "finite",
     "is_failed",
     "trial_value",
@@ -97,6 +100,12 @@ def trial_value(trial: FrozenTrial, *, failed_value: float | None = None) -> flo
         return None
     reached = _reached(trial)
     return failed_value if reached is None else reached
+
+
+def constraint_violation(trial: FrozenTrial) -> float:
+    """The sum of the trial's positive constraint values (``constraints_func``'s, stored by
+    Optuna); 0 when it satisfies them all or has none. A trial is feasible at 0."""
+    return sum(max(0.0, v) for v in constraints_of(trial) or ())
 
 
 def classify(value: float | None, *, sign: float = 1.0, converged: float | None = None,

@@ -17,11 +17,11 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from ._optuna_internals import constraints_of
 from ._record import (
     FINISHED,
     RECORD_KEY,
     VIRTUAL_ROOT,
+    constraint_violation,
     intermediate_curve,
     is_failed,
     trial_value,
@@ -146,7 +146,7 @@ def read_node(trial: FrozenTrial, base_params: Mapping[str, Any], names: Sequenc
     # The values the objective actually received win over the proposal.
     params.update({k: v for k, v in trial.params.items() if k in params})
     value = trial_value(trial, failed_value=failed_value)
-    violation = sum(max(0.0, v) for v in constraints_of(trial) or ())
+    violation = constraint_violation(trial)
     return Node(
         number=trial.number,
         state=trial.state,
