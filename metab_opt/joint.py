@@ -23,6 +23,10 @@ constraints, the log and the memory):
 - :func:`constraints`: the homeostasis conditions as Optuna constraint values (satisfied at
   <= 0), read from a trial's user attrs; the UCB sampler never calls a trial that violates one
   converged (``ucbtree``'s ``constraints_func``). k's condition is the objective itself.
+- :func:`asks_joint_recovery`: whether a study is judged on the joint recovery at all (its
+  config's ``search.constraints: joint``). The objective computes the joint metrics in every
+  study, but only such a study shows the joint verdict in the views a person reads (the log,
+  the memory): in a k-only study a missing homeostasis is not a failure of k.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from metab_opt.metrics import CONVERGED_R2, as_float
+
+if TYPE_CHECKING:
+    from metab_opt.config import Config
 
 __all__ = [
     "CLUSTER_ACC_NEEDED",
@@ -43,6 +50,7 @@ __all__ = [
     "KMEANS_INITS",
     "MAX_TYPES_MATCHED",
     "SLOPE_RATIO_RANGE",
+    "asks_joint_recovery",
     "constraints",
     "embedding_cluster_acc",
     "embedding_silhouette",
@@ -204,6 +212,13 @@ def joint_metrics(embedding: ArrayLike, types: ArrayLike,
     out.update(slope_ratios(metrics, int(ty.max()) + 1 if ty.size else 0))
     out["joint_status"], out["joint_diagnosis"] = joint_status({**metrics, **out})
     return out
+
+
+def asks_joint_recovery(config: Config | None) -> bool:
+    """Whether the study of ``config`` asks for the joint recovery (``search.constraints:
+    joint``): the one test of whether the views show :func:`joint_summary`. Without a config
+    nothing says the study asks for it, so no."""
+    return config is not None and config.search.constraints == "joint"
 
 
 def constraints(user_attrs: Mapping[str, Any], n_types: int) -> list[float]:

@@ -8,6 +8,7 @@ The study and the server are tests/_dashboard_fixtures.py's (shared with test_br
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -124,6 +125,89 @@ def test_each_trial_note_is_its_logbook_entry(server: str,
             assert f"{key}: {entry[key]}" in shown, (key, note)
         other = entries[1 - t["number"]]
         assert f"Observation: {other['Observation']}" not in shown
+
+
+def test_the_importance_panel_leaves_the_training_seed_out(server: str) -> None:
+    study_id, detail = _study(server)
+    for t in detail["trials"]:
+        assert {p["name"] for p in t["params"]} == {"lr_k", "seed"}  # the seed was searched
+    got = get_json(f"{server}/api/studies/{study_id}/param_importances")["param_importances"]
+    assert [[p["name"] for p in objective] for objective in got] == [["lr_k"]]
+    assert got[0][0]["distribution"] == "FloatDistribution"
+
+
+def _wsgi_get(app: Any, path: str) -> tuple[str, Any]:
+    """``GET path`` on a WSGI app in-process: (status line, the JSON body)."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, Any] = {"PATH_INFO": path}
+    setup_testing_defaults(environ)
+    answer: dict[str, str] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None
+                       ) -> None:
+        answer["status"] = status
+
+    body = b"".join(app(environ, start_response))
+    return answer["status"], json.loads(body)
+
+
+def _seed_led_study(seed_param: str, config: dict[str, Any] | None = None
+                    ) -> tuple[Any, int]:
+    """A study (in memory) whose value follows the training seed's knob ``seed_param`` far
+    more than its settings; its storage and study id. ``config``: the study's stored config."""
+    import optuna
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=NAME, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    if config is not None:
+        study.set_user_attr("metab_opt:config", config)  # as metab_opt.study.open_study does
+    study.optimize(lambda t: t.suggest_int(seed_param, 0, 100)
+                   + 5 * t.suggest_float("lr_k", 0.0, 1.0) + t.suggest_float("lr_sub", 0.0, 1.0),
+                   n_trials=30)
+    return storage, study._study_id
+
+
+def _names(answer: dict[str, Any]) -> list[str]:
+    (objective,) = answer["param_importances"]
+    return [p["name"] for p in objective]
+
+
+def test_dashboard_app_ranks_the_settings_as_optuna_dashboard_does_without_the_seed() -> None:
+    import optuna_dashboard
+
+    from metab_opt.dashboard import dashboard_app
+
+    storage, study_id = _seed_led_study("seed")
+    path = f"/api/studies/{study_id}/param_importances"
+    status, theirs = _wsgi_get(optuna_dashboard.wsgi(storage), path)
+    assert status == "200 OK" and _names(theirs)[0] == "seed"  # what the issue saw
+    status, ours = _wsgi_get(dashboard_app(storage), path)
+    assert status == "200 OK" and sorted(_names(ours)) == ["lr_k", "lr_sub"]
+    # Each setting scored as optuna-dashboard scores it, normalized without the seed.
+    mine = {p["name"]: p["importance"] for p in ours["param_importances"][0]}
+    base = {p["name"]: p["importance"] for p in theirs["param_importances"][0]}
+    assert sum(mine.values()) == pytest.approx(1.0)
+    assert mine["lr_k"] / mine["lr_sub"] == pytest.approx(base["lr_k"] / base["lr_sub"])
+    # The served app's other views are optuna-dashboard's.
+    status, studies = _wsgi_get(dashboard_app(storage), "/api/studies")
+    assert status == "200 OK" and studies["study_summaries"][0]["study_name"] == NAME
+    status, missing = _wsgi_get(dashboard_app(storage), "/api/studies/999/param_importances")
+    assert status.startswith("404") and "not found" in missing["reason"]
+
+
+def test_dashboard_app_reads_the_seed_knob_from_the_studys_config() -> None:
+    from metab_opt.config import load_config
+    from metab_opt.dashboard import dashboard_app
+
+    config = load_config(ROOT / "configs" / "tiny.yaml").to_dict()
+    config["search"]["knobs"]["train_seed"] = config["search"]["knobs"].pop("seed")
+    config["search"]["roles"]["seed"] = "train_seed"
+    storage, study_id = _seed_led_study("train_seed", config)
+    status, answer = _wsgi_get(dashboard_app(storage),
+                               f"/api/studies/{study_id}/param_importances")
+    assert status == "200 OK" and sorted(_names(answer)) == ["lr_k", "lr_sub"]
 
 
 def test_unknown_artifact_is_404(server: str) -> None:

@@ -4,6 +4,7 @@ the UCB sampler's rule that a run violating a constraint is never converged."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from metab_opt import joint
+from metab_opt.config import load_config
 from metab_opt.ucbtree import UCBSampler
 from metab_opt.ucbtree._optuna_internals import constraints_of
 from metab_opt.ucbtree._record import CONVERGED, PARTIAL
@@ -229,19 +231,30 @@ def test_one_far_off_metabolite_does_not_take_a_cluster_of_its_own() -> None:
     assert joint.embedding_silhouette(emb, types) > 0.5
 
 
+def test_only_a_joint_config_asks_for_the_joint_recovery() -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    assert joint.asks_joint_recovery(load_config(configs / "rank50_joint.yaml"))
+    assert not joint.asks_joint_recovery(load_config(configs / "tiny.yaml"))  # k-only
+    assert not joint.asks_joint_recovery(None)
+
+
 def test_memory_and_log_read_the_joint_verdict() -> None:
     from metab_opt.logbook import format_entry, render_memory
 
     study = optuna.create_study(direction="maximize", sampler=sampler(True))
     study.optimize(objective, n_trials=2)
-    memory = render_memory(study.trials, study_name="joint")
+    # joint=True: what the logbook passes for a config with search.constraints: joint
+    memory = render_memory(study.trials, study_name="joint", joint=True)
     assert "less its constraint violation" in memory  # the knowledge base says what it compares
     assert "(joint, iter 0: converged: slope ratios 1.00/1.00" in memory
-    entry = format_entry(study.trials[1])
+    entry = format_entry(study.trials[1], joint=True)
     assert "joint partial-k: slope ratios 1.00/0.45" in entry and "type 1 slope" in entry
     # R² 0.95 alone is converged; the log reads the trial as the sampler does: partial.
     assert entry.startswith("## Iter 1: partial\n")
     assert format_entry(study.trials[0]).startswith("## Iter 0: converged\n")
+    # Nothing says these views' study asks for the joint recovery: no verdict in them.
+    assert "slope ratios" not in render_memory(study.trials, study_name="joint")
+    assert "slope ratios" not in format_entry(study.trials[1])
     plain = optuna.create_study(direction="maximize", sampler=sampler(False))
     plain.optimize(objective, n_trials=1)
     assert "constraint violation" not in render_memory(plain.trials, study_name="plain")

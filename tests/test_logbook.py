@@ -6,6 +6,7 @@ objective and the sampler write (a small stand-in explorer below plays the sampl
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -609,6 +610,80 @@ def test_param_importances_guards() -> None:
                     n_trials=12)
     importances, reason = param_importances(varied)
     assert importances is not None and set(importances) == {"x", "y"}
+
+
+def test_param_importances_leave_the_training_seed_out() -> None:
+    # A study whose value follows the seed: the seed would take most of the importance.
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(1))
+    study.optimize(lambda t: t.suggest_int("seed", 0, 100) + 5 * t.suggest_float("x", 0, 1)
+                   + 0 * t.suggest_float("y", 0, 1), n_trials=20)
+    with_seed, _ = param_importances(study, seed_knob=None)
+    assert with_seed is not None and max(with_seed, key=with_seed.__getitem__) == "seed"
+    importances, reason = param_importances(study)  # the seed knob by default: "seed"
+    assert importances is not None and set(importances) == {"x", "y"}
+    assert sum(importances.values()) == pytest.approx(1.0)
+    assert "training seed (seed) left out" in reason
+    # Only the seed took two values: it alone is no reason for importances.
+    seeds = optuna.create_study(direction="maximize")
+    seeds.optimize(lambda t: t.suggest_int("seed", 0, 100) + t.suggest_float("x", 1, 1),
+                   n_trials=12)
+    importances, reason = param_importances(seeds)
+    assert importances is None and "no parameter but the training seed" in reason
+
+
+def test_memory_importances_leave_the_configs_seed_out(tmp_path: Path, config: Config) -> None:
+    book = make_logbook(tmp_path, config)
+    study = optuna.create_study(direction="maximize", study_name="demo")
+    add_trials(study, Explorer(config, seed=3), 59)
+    run_trials(study, Explorer(config, seed=4), 1, [book])
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len({t.params["seed"] for t in complete}) >= 2  # the seed varied: it could rank
+    memory = book.memory_path.read_text(encoding="utf-8")
+    section = memory.split("## Parameter importances\n", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r"^- lr_k: 0\.\d{3}$", section, re.M)
+    assert not re.search(r"^- seed:", section, re.M), section
+    assert "the training seed (seed) left out: noise, not a setting" in section
+
+
+JOINT_ATTRS: dict[str, Any] = {  # a k-only run's joint metrics: k recovered, homeostasis not
+    "joint_status": "partial-k",
+    "joint_diagnosis": "missing: type 0 slope (ratio 0.01 outside [0.8, 1.25]); type 1 slope "
+                       "(ratio 0.00 outside [0.8, 1.25]); type clusters "
+                       "(embedding_cluster_acc 0.55 < 1.0)",
+    "MLP_node_slope_ratio_type0": 0.01, "MLP_node_slope_ratio_type1": 0.0,
+    "avg_slope_ratio": 0.005, "embedding_cluster_acc": 0.55, "embedding_silhouette": 0.02,
+}
+
+
+@pytest.mark.parametrize("constraints", ["none", "joint"])
+def test_the_joint_verdict_shows_only_where_the_study_asks_for_it(
+        tmp_path: Path, config: Config, constraints: str) -> None:
+    # The same config, k-only or asking for the joint recovery (search.constraints).
+    cfg = dataclasses.replace(config, search=dataclasses.replace(config.search,
+                                                                 constraints=constraints))
+    book = make_logbook(tmp_path, cfg)
+    study = optuna.create_study(direction="maximize", study_name="demo")
+    explorer = Explorer(cfg)
+    for _ in range(5):
+        plan = explorer.next()
+        plan.attrs.update(JOINT_ATTRS)
+        study.add_trial(explorer.frozen(plan))
+    book.sync(study)
+    log = book.analysis_path.read_text(encoding="utf-8")
+    memory = book.memory_path.read_text(encoding="utf-8")
+    observations = [line for line in log.splitlines() if line.startswith("Observation: ")]
+    assert len(observations) == 5
+    if constraints == "joint":
+        assert all("joint partial-k: slope ratios 0.01/0.00 (avg 0.01), clusters 0.55" in o
+                   and "type clusters (embedding_cluster_acc 0.55" in o for o in observations)
+        assert re.search(r"— the incumbent \(joint, iter \d+: partial-k: slope ratios "
+                         r"0\.01/0\.00 \(avg 0\.01\), clusters 0\.55", memory), memory
+    else:
+        for text in (log, memory):
+            assert "partial-k" not in text and "slope ratios" not in text
+            assert "embedding_cluster_acc" not in text and "(joint" not in text
+        assert not any("joint" in o for o in observations)
+        assert "— the incumbent" in memory  # the line that held the verdict is there
 
 
 def test_dashboard_note_holds_the_memory(tmp_path: Path, config: Config) -> None:

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial
 
 from metab_opt._io import atomic_write
 from metab_opt.dashboard_views import DashboardViews
+from metab_opt.joint import asks_joint_recovery
 from metab_opt.trial_record import seed_knob
 
 from ._entry import format_entry, format_ucb_scores, tree_nodes
@@ -76,9 +77,11 @@ class Logbook:
     """Optuna callback writing the study's markdown views (see :mod:`metab_opt.logbook`).
 
     ``directory`` is the study's folder; ``study_name`` names the files; ``config`` (optional)
-    gives the base params, the knob order, the training seed's knob, the block length and the
-    values of log-form knobs the study does not search. ``ucb_scores(study)`` replaces
-    :func:`metab_opt.sampler.ucb_scores` (e.g. for a baseline sampler without a tree) and
+    gives the base params, the knob order, the training seed's knob (left out of the
+    importances), the block length, the values of log-form knobs the study does not search and
+    whether the study asks for the joint recovery (the joint verdict is shown only then).
+    ``ucb_scores(study)`` replaces :func:`metab_opt.sampler.ucb_scores` (e.g. for a baseline
+    sampler without a tree) and
     ``next_parent(study, trials)`` replaces :func:`metab_opt.sampler.next_parent` (the parent
     the sampler gives the trial after ``trials``, the study as it stands or as it stood when an
     earlier trial finished; None from it: no tree); ``draw_tree`` and ``dashboard_note`` switch
@@ -177,8 +180,8 @@ class Logbook:
         # The sampler's next decision, computed once: the memory's header and the live entry's
         # Next line both name it.
         next_now = self._predict_parent(study, trials)
-        memory = self.render_memory(trials, importances=param_importances(study),
-                                    next_parent=next_now)
+        importances = param_importances(study, seed_knob=seed_knob(self.config))
+        memory = self.render_memory(trials, importances=importances, next_parent=next_now)
         # No block number in the header: the sampler's table may already be the next block's.
         last = max((t.number for t in finished), default=None)
         ucb_text = (format_ucb_scores(rows, after=last) if rows is not None
@@ -221,7 +224,8 @@ class Logbook:
         return render_memory(trials, study_name=self.study_name, base_params=self._base_params,
                              knobs=knobs, choices=choices, n_iter_block=self._n_iter_block,
                              importances=importances, next_parent=next_parent,
-                             seed_knob=seed_knob(cfg), max_lines=self.max_memory_lines)
+                             seed_knob=seed_knob(cfg), joint=asks_joint_recovery(cfg),
+                             max_lines=self.max_memory_lines)
 
     @property
     def _base_params(self) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from metab_opt.joint import joint_summary
+from metab_opt.joint import asks_joint_recovery, joint_summary
 from metab_opt.ucbtree import (
     ATTR_BLOCK,
     ATTR_MUTATION,
@@ -104,10 +104,10 @@ def _metrics_line(trial: FrozenTrial) -> str:
 
 
 def _observation(trial: FrozenTrial, parent: FrozenTrial | None,
-                 best_before: tuple[int, float] | None) -> str:
+                 best_before: tuple[int, float] | None, *, joint: bool) -> str:
     """One computed line: what changed against the parent, the diagnosis, the joint recovery's
-    verdict (:func:`metab_opt.joint.joint_summary`), scale ambiguity (shifted R² > 0.9 with
-    R² < 0.9), the record."""
+    verdict (:func:`metab_opt.joint.joint_summary`) where the study asks for it (``joint``),
+    scale ambiguity (shifted R² > 0.9 with R² < 0.9), the record."""
     parts: list[str] = []
     r2 = trial_r2(trial)
     if trial.state == TrialState.FAIL:
@@ -133,9 +133,11 @@ def _observation(trial: FrozenTrial, parent: FrozenTrial | None,
         gap = finite(trial.user_attrs.get("degeneracy_gap"))
         gap_text = f" (gap {gap:.2f})" if gap is not None else ""
         parts.append(f"diagnosis {' '.join(str(diagnosis).split())}{gap_text}")
-    joint = joint_summary(trial.user_attrs)
-    if joint:
-        parts.append(f"joint {joint}")
+    # A k-only study records the joint metrics too, but is not judged on them: its entries
+    # would otherwise list a homeostasis it never asked for as missing, run after run.
+    verdict = joint_summary(trial.user_attrs) if joint else None
+    if verdict:
+        parts.append(f"joint {verdict}")
     shifted = finite(trial.user_attrs.get("rate_constants_R2_shifted"))
     r2_attr = finite(trial.user_attrs.get("rate_constants_R2"))
     r2_raw = r2_attr if r2_attr is not None else r2
@@ -157,7 +159,7 @@ def format_entry(trial: FrozenTrial, *, parent: FrozenTrial | None = None,
                  best_before: tuple[int, float] | None = None,
                  next_parent: int | str | None = None,
                  base_params: Mapping[str, Any] | None = None,
-                 config: Config | None = None) -> str:
+                 config: Config | None = None, joint: bool | None = None) -> str:
     """One trial's entry in the log form (ends with a newline).
 
     ``parent`` is the parent trial (for ΔR²); ``best_before`` the ``(trial number, R²)`` of the
@@ -165,10 +167,13 @@ def format_entry(trial: FrozenTrial, *, parent: FrozenTrial | None = None,
     sampler decides it (``"root"`` for the config's base values, None when unknown; see
     :meth:`metab_opt.logbook.Logbook._next_parent`); ``base_params`` the config's knob values,
     against which extra knobs are shown; ``config`` supplies the values of log-form knobs that
-    the study does not search.
+    the study does not search; ``joint`` whether the Observation shows the joint recovery's
+    verdict (None: where ``config`` asks for it, :func:`metab_opt.joint.asks_joint_recovery`).
     """
     if base_params is None and config is not None:
         base_params = config.base_params()
+    if joint is None:
+        joint = asks_joint_recovery(config)
     strategy = text_attr(trial, ATTR_STRATEGY)
     block = int_or_none(trial.user_attrs.get(ATTR_BLOCK))
     mode = strategy if block is None else f"{strategy} (block {block})"
@@ -181,7 +186,7 @@ def format_entry(trial: FrozenTrial, *, parent: FrozenTrial | None = None,
         f"Visual: {text_attr(trial, 'visual')}",
         f"Mutation: {text_attr(trial, ATTR_MUTATION)}",
         f"Parent rule: {text_attr(trial, ATTR_PARENT_RULE)}",
-        f"Observation: {_observation(trial, parent, best_before)}",
+        f"Observation: {_observation(trial, parent, best_before, joint=joint)}",
         f"Next: parent={NA if next_parent is None else next_parent}",
     ]
     return "\n".join(lines) + "\n"

@@ -79,12 +79,15 @@ _Change = tuple[tuple[str, str], ...]
 # Parameter importances
 
 
-def param_importances(study: Study, *, min_trials: int = _MIN_IMPORTANCE_TRIALS
+def param_importances(study: Study, *, seed_knob: str | None = SEED_BY_NAME,
+                      min_trials: int = _MIN_IMPORTANCE_TRIALS
                       ) -> tuple[dict[str, float] | None, str]:
     """Optuna's parameter importances over the complete trials, or None and the reason why not.
 
     Importances need several complete trials and, per parameter, at least two distinct values;
-    anything Optuna refuses becomes a reason, never an exception.
+    anything Optuna refuses becomes a reason, never an exception. ``seed_knob`` (the training
+    seed's knob, as in :func:`render_memory`) is left out: the seed is noise, not a setting,
+    and a share of the importance given to it would read as one.
     """
     try:
         complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -98,13 +101,17 @@ def param_importances(study: Study, *, min_trials: int = _MIN_IMPORTANCE_TRIALS
                 distinct.setdefault(name, set()).add(repr(value))
         # Optuna evaluates the parameters every trial has; those never varied carry no signal.
         common = set.intersection(*(set(t.params) for t in complete))
-        params = sorted(n for n in common if len(distinct[n]) >= 2)
+        params = sorted(n for n in common if len(distinct[n]) >= 2 and n != seed_knob)
         if not params:
-            return None, "no parameter has taken two values yet"
+            but = " but the training seed" if seed_knob in distinct else ""
+            return None, f"no parameter{but} has taken two values yet"
         from optuna.importance import get_param_importances
 
         result = get_param_importances(study, params=params)
-        return dict(result), f"{len(complete)} complete trials"
+        # Say so where the seed was searched, so that its absence is not read as an oversight.
+        left_out = (f"; the training seed ({seed_knob}) left out: noise, not a setting"
+                    if seed_knob is not None and seed_knob in distinct else "")
+        return dict(result), f"{len(complete)} complete trials{left_out}"
     except Exception as exc:  # an importance failure must not cost the memory
         return None, f"unavailable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
 
@@ -305,14 +312,15 @@ def _group_score(group: Group, seed_knob: str | None) -> str:
 
 
 def _best_lines(groups: Sequence[Group], base_params: Mapping[str, Any] | None, top: int,
-                seed_knob: str | None) -> list[str]:
+                seed_knob: str | None, joint: bool) -> list[str]:
     if not groups:
         return ["- no finished trial that did not fail yet"]
     lines = []
     for i, group in enumerate(groups[:top], start=1):
         mark = " — the incumbent" if i == 1 else ""
-        joint = joint_summary(group.node.trial.user_attrs, diagnosis=False)
-        joint_text = f" (joint, iter {group.node.number}: {joint})" if joint else ""
+        # Only a study that asks for the joint recovery is judged on it (see render_memory).
+        verdict = joint_summary(group.node.trial.user_attrs, diagnosis=False) if joint else None
+        joint_text = f" (joint, iter {group.node.number}: {verdict})" if verdict else ""
         lines.append(f"{i}. {_group_score(group, seed_knob)}: "
                      f"{_describe_params(group.node.params, base_params, seed_knob)}{mark}"
                      f"{joint_text}")
@@ -447,6 +455,7 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
                   importances: tuple[dict[str, float] | None, str] | None = None,
                   next_parent: int | str | None = None,
                   seed_knob: str | None = SEED_BY_NAME,
+                  joint: bool = False,
                   max_lines: int = MEMORY_MAX_LINES) -> str:
     """The working memory: what the trials so far have taught, in at most ``max_lines`` lines.
 
@@ -454,7 +463,10 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
     knob names in exploration order (default: the params seen); ``choices`` the values of
     categorical knobs; ``importances`` the result of :func:`param_importances`; ``seed_knob``
     the training seed's knob (the config's ``search.roles``; default: a knob named ``seed``,
-    None: no seed knob).
+    None: no seed knob); ``joint`` whether the study asks for the joint recovery
+    (:func:`metab_opt.joint.asks_joint_recovery`): only then do the best configurations show
+    its verdict, since in a k-only study the homeostasis it never asked for would read as a
+    failure of k.
     """
     max_lines = max(max_lines, 40)
     finished = sorted((t for t in trials if t.state in FINISHED_STATES), key=lambda t: t.number)
@@ -493,13 +505,10 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
         importance_lines = [f"- not yet: {importances[1]}"]
     else:
         ranked = sorted(importances[0].items(), key=lambda kv: -kv[1])
-        # The seed only changes for replicates: its share is the noise to compare others with.
-        importance_lines = [f"- {name}: {value:.3f}"
-                            f"{' (noise reference)' if name == seed_knob else ''}"
-                            for name, value in ranked]
+        importance_lines = [f"- {name}: {value:.3f}" for name, value in ranked]
         importance_lines = importance_lines[:max(3, max_lines // 12)]
         importance_lines.append(f"- (Optuna's default evaluator over {importances[1]})")
-    best_lines = _best_lines(rank_groups(nodes), base_params, 5, seed_knob)
+    best_lines = _best_lines(rank_groups(nodes), base_params, 5, seed_knob, joint)
     current_lines = _current_block_lines(by_block.get(current, []), by_number,
                                          cap=max(5, max_lines // 5))
     open_lines = _open_question_lines(effects, finished, order, choices,
