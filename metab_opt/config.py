@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,19 @@ import yaml
 
 # The knob and its lattice live in the generic sampler package (standard library only at
 # import); re-exported here, where the config builds them.
+from metab_opt._config_checks import (
+    ConfigError,
+    _b,
+    _check_value,
+    _f,
+    _i,
+    _key,
+    _s,
+    _Spec,
+    _specs_of,
+    _suggest,
+    _type_name,
+)
 from metab_opt._yaml import load_yaml
 from metab_opt.ucbtree import Knob, KnobSpecError, Roles
 
@@ -40,10 +51,6 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration problem, described in one line."""
-
-
 # The procedure recovers k with S given: these training keys must keep these values.
 FROZEN_TRAINING_KEYS: dict[str, Any] = {
     "freeze_stoichiometry": True,
@@ -52,52 +59,6 @@ FROZEN_TRAINING_KEYS: dict[str, Any] = {
     "coeff_S_integer": 0.0,
     "coeff_mass_conservation": 0.0,
 }
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """How one key is checked: its type, its bounds and whether it must be present."""
-
-    kind: str  # "int", "float", "bool", "str", "float_list"
-    low: float | None = None
-    high: float | None = None
-    required: bool = True
-    choices: tuple[Any, ...] | None = None
-    low_open: bool = False
-
-
-def _f(low: float | None = None, high: float | None = None, *, required: bool = True,
-       low_open: bool = False) -> _Spec:
-    return _Spec("float", low, high, required, low_open=low_open)
-
-
-def _i(low: float | None = None, high: float | None = None, *, required: bool = True) -> _Spec:
-    return _Spec("int", low, high, required)
-
-
-def _b(*, required: bool = True) -> _Spec:
-    return _Spec("bool", required=required)
-
-
-def _s(choices: Sequence[str], *, required: bool = True) -> _Spec:
-    return _Spec("str", choices=tuple(choices), required=required)
-
-
-def _key(spec: _Spec, default: Any = dataclasses.MISSING) -> Any:
-    """A section dataclass's field with its check: the one place a config key is declared.
-
-    The validation table is read off the fields (:func:`_specs_of`), so a key is never declared
-    twice. Whether the key is required follows from the default (none: required), whatever the
-    spec says.
-    """
-    return field(default=default, metadata={"spec": spec})
-
-
-def _specs_of(cls: Any) -> dict[str, _Spec]:
-    """A section's validation table, in field order, from its dataclass's :func:`_key` fields."""
-    return {f.name: dataclasses.replace(f.metadata["spec"],
-                                        required=f.default is dataclasses.MISSING)
-            for f in dataclasses.fields(cls)}
 
 
 @dataclass(frozen=True)
@@ -229,6 +190,9 @@ class SearchConfig:
     # One of CONSTRAINTS: "joint" makes the homeostasis conditions Optuna constraints, so that
     # no run that misses them counts as converged (metab_opt.joint, docs/joint.md)
     constraints: str = "none"
+    # Earlier studies the sampler learns from (metab_opt.prior: a study name, NAME@URL, a prior
+    # file or a bundled prior's name); empty: none. `study --prior` adds to these.
+    prior: tuple[str, ...] = ()
 
     def knob(self, name: str) -> Knob:
         for k in self.knobs:
@@ -301,51 +265,6 @@ def simulation_hash(sim: SimulationConfig) -> str:
 # Validation
 
 
-def _suggest(name: str, known: Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__name__
-
-
-def _check_value(where: str, key: str, value: Any, spec: _Spec) -> Any:
-    if spec.kind == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
-        return value
-    if spec.kind == "str":
-        if not isinstance(value, str) or (spec.choices and value not in spec.choices):
-            allowed = ", ".join(spec.choices or ())
-            raise ConfigError(f"{where}.{key}: expected one of {allowed}, got {value!r}")
-        return value
-    if spec.kind == "float_list":
-        if not isinstance(value, list) or not value:
-            raise ConfigError(f"{where}.{key}: expected a non-empty list of numbers, got {value!r}")
-        return tuple(_check_value(where, f"{key}[{i}]", v, _Spec("float", spec.low, spec.high))
-                     for i, v in enumerate(value))
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        kind = "an integer" if spec.kind == "int" else "a number"
-        raise ConfigError(f"{where}.{key}: expected {kind}, got {_type_name(value)} {value!r}")
-    if spec.kind == "int":
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
-            value = int(value)
-    else:
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}.{key}: expected a finite number, got {value!r}")
-    too_low = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
-    too_high = spec.high is not None and value > spec.high
-    if too_low or too_high:
-        left = "(" if spec.low_open else "["
-        raise ConfigError(f"{where}.{key}: {value!r} is outside the allowed range "
-                          f"{left}{spec.low}, {spec.high}]")
-    return value
-
-
 def _build_section(where: str, section: str, data: Any) -> Any:
     specs = _SECTION_SPECS[section]
     if not isinstance(data, dict):
@@ -362,7 +281,7 @@ def _build_section(where: str, section: str, data: Any) -> Any:
 
 
 _SEARCH_KEYS = ("knobs", "n_iter_block", "ucb_c", "n_trials", "roles", "survey", "model", "pruner",
-                "constraints")
+                "constraints", "prior")
 CONSTRAINTS = ("none", "joint")
 # search.pruner (and `study --pruner`): none, Optuna's median pruner, metab_opt.pruning's safe one.
 PRUNERS = ("none", "median", "safe")
@@ -420,6 +339,11 @@ def _build_search(where: str, data: Any) -> SearchConfig:
     pruner = _check_value(where, "pruner", data.get("pruner", "none"), _s(PRUNERS))
     constraints = _check_value(where, "constraints", data.get("constraints", "none"),
                                _s(CONSTRAINTS))
+    prior = data.get("prior", [])
+    prior = [prior] if isinstance(prior, str) else prior
+    if not isinstance(prior, list) or not all(isinstance(p, str) and p.strip() for p in prior):
+        raise ConfigError(f"{where}.prior: expected a prior (a study name, NAME@URL, a prior "
+                          f"file or a bundled prior's name) or a list of them, got {prior!r}")
     roles = None
     if "roles" in data:
         # The rules that step a declared knob (replicate, initial-spread, duration,
@@ -431,7 +355,7 @@ def _build_search(where: str, data: Any) -> SearchConfig:
             raise ConfigError(f"{where}.{exc}") from None
     return SearchConfig(knobs=knobs, n_iter_block=n_iter_block, ucb_c=ucb_c, n_trials=n_trials,
                         roles=roles, survey=survey, model=model, pruner=pruner,
-                        constraints=constraints)
+                        constraints=constraints, prior=tuple(p.strip() for p in prior))
 
 
 def _check_cross(where: str, cfg: Config, *, check_frozen: bool) -> None:

@@ -108,7 +108,12 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
     paths = StudyPaths(Path(root), name)
     url = storage_url or default_storage_url(root, name)
     storage = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    sampler = make_sampler(sampler_kind, cfg, seed)
+    prior = None
+    if cfg.search.prior and sampler_kind == "ucb":
+        from metab_opt.prior import resolve_all
+
+        prior = resolve_all(cfg.search.prior, root=root, storage_url=storage_url)
+    sampler = make_sampler(sampler_kind, cfg, seed, prior=prior, max_steps=max_steps)
     study = open_study(cfg, name=name, storage=storage, sampler=sampler,
                        sampler_kind=sampler_kind,
                        pruner=make_pruner(pruner if pruner is not None else cfg.search.pruner,

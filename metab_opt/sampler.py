@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +42,13 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
 from metab_opt import joint
-from metab_opt.config import Config, Knob, SearchConfig, load_config
+from metab_opt.config import Config, Knob, SearchConfig, apply_params, load_config
 from metab_opt.metrics import diagnose
 from metab_opt.trial_record import CONVERGED_R2, FAILED_R2, FAILED_VALUE, standard_roles
 from metab_opt.ucbtree import (
     RECORD_KEY,
     STRATEGIES,
+    PriorSource,
     Roles,
     UCBSampler,
     suggest_knobs,
@@ -121,6 +122,14 @@ class UCBMutationSampler(UCBSampler):
             for (``search.constraints: joint``): they become the trials' Optuna constraints
             (:func:`metab_opt.joint.constraints`), and a run that misses one is never
             converged, whatever its R². None: no constraints.
+        prior:
+            Earlier studies' trials (:class:`metab_opt.ucbtree.PriorSource`; the config's
+            ``search.prior`` resolved by :func:`metab_opt.prior.resolve_all`) that shape the
+            survey, the move model's ranking and the density move, each weighted by how well
+            it orders this study's own trials. None: no prior.
+        capped:
+            True for params whose training the step cap (``--max-steps``) cuts already: the
+            duration rule does not lengthen them (:meth:`from_config`'s ``max_steps``).
     """
 
     def __init__(
@@ -136,6 +145,8 @@ class UCBMutationSampler(UCBSampler):
         seed: int | None = None,
         independent_sampler: BaseSampler | None = None,
         joint_types: int | None = None,
+        prior: Sequence[PriorSource] | None = None,
+        capped: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
         if isinstance(knobs, SearchConfig):
             knobs = knobs.knobs
@@ -148,14 +159,18 @@ class UCBMutationSampler(UCBSampler):
             failed=FAILED_R2,
             failed_value=FAILED_VALUE, degenerate=is_degenerate, follow_gain=FOLLOW_MIN_GAIN,
             rising_gain=RISING_MIN_GAIN, independent_sampler=independent_sampler,
-            value_name="R2",
+            value_name="R2", prior=prior, capped=capped,
             constraints_func=None if joint_types is None else functools.partial(
                 _joint_constraints, n_types=joint_types))
 
     @classmethod
     def from_config(cls, path_or_config: str | os.PathLike[str] | Config,
-                    seed: int | None = None) -> UCBMutationSampler:
-        """The sampler of a config's ``search`` section, rooted at the config's values."""
+                    seed: int | None = None,
+                    prior: Sequence[PriorSource] | None = None,
+                    max_steps: int | None = None) -> UCBMutationSampler:
+        """The sampler of a config's ``search`` section, rooted at the config's values;
+        ``prior``: the sources ``search.prior`` names, resolved (:mod:`metab_opt.prior`);
+        ``max_steps``: the trials' step cap, past which a longer duration is no move."""
         if isinstance(path_or_config, (str, os.PathLike)):
             cfg = load_config(Path(path_or_config))
         elif isinstance(path_or_config, Config):
@@ -172,13 +187,20 @@ class UCBMutationSampler(UCBSampler):
                             f"for none)")
         return cls(knobs=search.knobs, base_params=cfg.base_params(), roles=roles,
                    n_iter_block=search.n_iter_block, survey=search.survey, model=search.model,
-                   ucb_c=search.ucb_c, seed=seed,
+                   ucb_c=search.ucb_c, seed=seed, prior=prior,
+                   capped=None if max_steps is None else functools.partial(
+                       _at_cap, cfg=cfg, max_steps=max_steps),
                    joint_types=(cfg.simulation.n_metabolite_types
-                                if search.constraints == "joint" else None))
+                                if joint.asks_joint_recovery(cfg) else None))
 
 
 # ---------------------------------------------------------------------------------------------
 # Public helpers
+
+
+def _at_cap(params: Mapping[str, Any], *, cfg: Config, max_steps: int) -> bool:
+    """Whether a trial of ``params`` asks for at least ``max_steps`` steps (the cap cuts it)."""
+    return apply_params(cfg, params).training.n_steps(cfg.simulation.n_frames) >= max_steps
 
 
 def _joint_constraints(trial: FrozenTrial, *, n_types: int) -> list[float]:

@@ -43,14 +43,17 @@ class StudyMismatch(ConfigError):
 # Samplers
 
 
-def make_sampler(kind: str, cfg: Config, seed: int | None) -> Any:
-    """The UCB sampler or one of Optuna's samplers over the same search space."""
+def make_sampler(kind: str, cfg: Config, seed: int | None, prior: Any = None,
+                 max_steps: int | None = None) -> Any:
+    """The UCB sampler or one of Optuna's samplers over the same search space; ``prior``:
+    the UCB sampler's prior sources (:func:`metab_opt.prior.resolve_all`); ``max_steps``: the
+    trials' step cap (the UCB sampler's duration rule does not lengthen a run it cuts)."""
     import optuna
 
     if kind == "ucb":
         from metab_opt.sampler import UCBMutationSampler
 
-        return UCBMutationSampler.from_config(cfg, seed=seed)
+        return UCBMutationSampler.from_config(cfg, seed=seed, prior=prior, max_steps=max_steps)
     if kind == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if kind == "random":
@@ -101,12 +104,17 @@ def _fingerprint(cfg: Config, sampler: str) -> dict[str, str]:
                       or v != _FINGERPRINT_OMIT_AT[section][k]}
             for section in ("graph_model", "training")}
     model_training = json.dumps(kept, sort_keys=True, default=str)
-    return {
+    fp = {
         "simulation": cfg.simulation_hash(),
         "search space": cfg.search_space_hash(),
         "model and training": hashlib.sha256(model_training.encode()).hexdigest()[:16],
         "sampler": sampler,
     }
+    # A prior changes the decisions: a study is resumed with the same one (absent without a
+    # prior, so that older studies resume).
+    if cfg.search.prior and sampler == "ucb":
+        fp["prior"] = ", ".join(cfg.search.prior)
+    return fp
 
 
 def open_study(cfg: Config, *, name: str, storage: Any, sampler: Any, sampler_kind: str,

@@ -187,7 +187,7 @@ def test_suggestions_come_from_the_subcommand(capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize("command", ["train", "replicate", "study"])
 def test_every_long_command_takes_no_progress(command: str) -> None:
-    from metab_opt.cli import _build_parser
+    from metab_opt.cli_args import build_parser as _build_parser
 
     args = _build_parser().parse_args([command, "--no-progress"])
     assert args.no_progress is True

@@ -18,7 +18,8 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from metab_opt.cli import _build_parser, main
+from metab_opt.cli import main
+from metab_opt.cli_args import build_parser as _build_parser
 from metab_opt.config import ConfigError, load_config
 from metab_opt.pruning import PLANNED_STEPS, SafePruner, _curve, replay
 from metab_opt.study import PRUNERS, make_pruner

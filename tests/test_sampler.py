@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import pickle
@@ -416,11 +417,12 @@ def test_the_initial_spread_takes_at_most_half_a_block(n_iter_block: int, spread
 
 
 def strategy_history(values: Sequence[float], *, gaps: Sequence[float | None] | None = None,
-                     curve: Sequence[float] = ()) -> History:
+                     curve: Sequence[float] = (),
+                     sampler: UCBMutationSampler | None = None) -> History:
     """Root 0 and its replicate 1 (R² 0.97, the trusted incumbent; data_augmentation_loop one
     step below its maximum), then four children of the root, one knob each, finishing in this
     order with ``values`` (and ``test_pearson`` = value + gap)."""
-    h = History(make_sampler())
+    h = History(sampler or make_sampler())
     h.add(-1, {"data_augmentation_loop": 1000}, value=0.97, strategy="root")
     h.add(0, {"seed": 7}, value=0.97, strategy="replicate", root=0, curve=curve)
     for i, (value, knob) in enumerate(zip(values, ("lr_k", "lr_node", "lr_sub", "n_epochs"))):
@@ -488,6 +490,23 @@ def test_each_strategy_triggers_on_its_condition_only(expected: str,
         assert changed == [next(n for n in SEARCH.names if n not in moved)]
     else:
         assert changed == ["lr_k"]  # exploit: the first knob in exploration order
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(72_000, "exploit"), (72_001, "duration"),
+                                               (None, "duration")])
+def test_a_step_cap_makes_a_longer_run_no_move(cap: int | None, expected: str) -> None:
+    """The duration case above under ``--max-steps``: the incumbent's runs (loop 1000: 2880 x
+    1000 // 8 x 0.2 = 72,000 steps) are cut at 72,000, so a longer loop would run the same
+    steps and give the same R²; the rule stands down, and no other rule raises the loop."""
+    plain = dataclasses.replace(CFG, search=dataclasses.replace(CFG.search, survey=0,
+                                                                model=False))
+    sampler = UCBMutationSampler.from_config(plain, seed=0, max_steps=cap)
+    h = strategy_history([0.05, 0.5, 0.95, 0.5], curve=[0.2, 0.5, 0.7, 0.8, 0.9, 0.97],
+                         sampler=sampler)
+    record = h.ask().system_attrs[RECORD_KEY]
+    assert record["strategy"] == expected, record["parent_rule"]
+    raised = [c for c in record["changes"] if c[0] == "data_augmentation_loop" and c[2] > c[1]]
+    assert bool(raised) == (expected == "duration")
 
 
 def test_explore_knob_is_not_one_moved_recently() -> None:

@@ -18,6 +18,7 @@ from ._knob import DOWN, UP, Knob, KnobSpecError, Roles, default_value
 if TYPE_CHECKING:
     from ._mutation import Move, format_changes, moves
     from ._optuna_internals import InternalsChanged, constraints_of
+    from ._prior import FittedPrior, PriorSource, SourceTrial, Weights
     from ._record import (
         ATTR_BLOCK,
         ATTR_MUTATION,
@@ -61,6 +62,7 @@ __all__ = [
     "DOWN",
     "FAILED",
     "FINISHED",
+    "FittedPrior",
     "Group",
     "Incumbent",
     "InternalsChanged",
@@ -69,14 +71,17 @@ __all__ = [
     "Move",
     "Node",
     "PARTIAL",
+    "PriorSource",
     "RECORD_KEY",
     "Roles",
     "STRATEGIES",
     "Score",
+    "SourceTrial",
     "UCBSampler",
     "UP",
     "USER_ATTRS",
     "VIRTUAL_ROOT",
+    "Weights",
     "canonical",
     "classify",
     "constraint_violation",
@@ -103,6 +108,7 @@ _LAZY = {
                      "PARTIAL", "RECORD_KEY", "STRATEGIES", "USER_ATTRS", "VIRTUAL_ROOT",
                      "classify", "constraint_violation", "is_failed", "trial_value"),
                     "_record"),
+    **dict.fromkeys(("FittedPrior", "PriorSource", "SourceTrial", "Weights"), "_prior"),
     **dict.fromkeys(("UCBSampler", "next_parent", "suggest_knobs", "ucb_scores"), "_sampler"),
     **dict.fromkeys(("Group", "Incumbent", "Node", "Score", "canonical", "incumbent",
                      "rank_groups", "read_nodes"), "_tree"),

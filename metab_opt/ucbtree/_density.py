@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import _mutation as mut
+from . import _prior
 from . import _tree as tree
 from ._knob import Knob
 
@@ -53,12 +54,15 @@ _STREAM = 3  # the per-trial streams: [seed, number, 1] values, [seed, number, 2
 class Planner(Protocol):
     """What a density move reads of :class:`._rules.Planner` (which imports this module)."""
 
-    s: Any  # ._rules.Settings: roles, seed, value_name
+    s: Any  # ._rules.Settings: roles, seed, value_name, prior
     nodes: list[tree.Node]
     anchors: Mapping[str, Any]
     mutable: list[Knob]
     names: tuple[str, ...]
     number: int
+
+    @property
+    def prior_weights(self) -> _prior.Weights | None: ...
 
     def parents(self) -> Sequence[Any]: ...  # ._rules._Parent: number, params, describe
 
@@ -97,11 +101,14 @@ def density_move(planner: Planner, strategy: str
     n_good = max(1, math.ceil(GAMMA * len(ranked)))
     good, bad = ranked[:n_good], ranked[n_good:]
     grids = {k.name: k.grid(planner.anchors[k.name]) for k in knobs}
+    weights = planner.prior_weights
     good_pmf, ratio = {}, {}
     for k in knobs:
         grid, anchor = grids[k.name], planner.anchors[k.name]
         lg = _pmf(len(grid), [_index(k, n.params[k.name], anchor, grid) for n in good])
         lb = _pmf(len(grid), [_index(k, n.params[k.name], anchor, grid) for n in bad])
+        if weights is not None:  # each prior source's good and bad values, by its weight
+            lg, lb = _prior.mix_density(planner.s.prior, weights, k, anchor, _pmf, lg, lb)
         good_pmf[k.name] = lg
         ratio[k.name] = np.log(lg / lb)
     parent = planner.parents()[0]
@@ -129,6 +136,7 @@ def density_move(planner: Planner, strategy: str
                       for name, old, new in changes)
     rule = (parent.describe(strategy)
             + f"; a density move of {len(changes)} knob{'s' if len(changes) > 1 else ''} "
-              f"toward the values the best {n_good} of {len(ranked)} finished runs share "
-              f"({moved})")
+              f"toward the values the best {n_good} of {len(ranked)} finished runs share"
+              + ("" if weights is None else f" and {planner.s.prior.describe(weights)} favours")
+              + f" ({moved})")
     return parent.number, params, changes, rule

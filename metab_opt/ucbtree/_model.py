@@ -89,6 +89,7 @@ class MoveModel:
         self.noise = noise
         self.n = len(y)
         self._x = x
+        self._y = y
         self._sign = sign
         self._sorted = np.sort(scores)
         k = self._kernel(x, x) + noise * np.eye(len(x))
@@ -102,7 +103,19 @@ class MoveModel:
     def encode(self, params: Mapping[str, Any]) -> np.ndarray:
         return np.array([position(k, params[k.name], self.anchors[k.name]) for k in self.knobs])
 
-    def _read_out(self, z: float) -> float:
+    @property
+    def label(self) -> str:
+        """How a Parent rule line names the model."""
+        return f"the move model of {self.n} finished runs"
+
+    def loo_means(self) -> np.ndarray:
+        """Each training point's leave-one-out posterior mean (closed form:
+        ``y_i - α_i / [K⁻¹]_ii``), in normal scores: how well the model predicts a trial it
+        has not seen (a prior's weights compare it with the sources')."""
+        inv = np.linalg.solve(self._chol.T, np.linalg.solve(self._chol, np.eye(self.n)))
+        return self._y - self._alpha / np.diag(inv)
+
+    def read_out(self, z: float) -> float:
         """The score at normal quantile ``z`` of the observed ones, in the objective's units."""
         q = _N01.cdf(z) * len(self._sorted) - 0.5
         q = min(max(q, 0.0), len(self._sorted) - 1.0)
@@ -123,8 +136,8 @@ class MoveModel:
         out = []
         for m, s in zip(mean, sd, strict=True):
             m, s = float(m), float(s)
-            out.append(Prediction(m, s, m + kappa * s, self._read_out(m),
-                                  self._read_out(m - s), self._read_out(m + s)))
+            out.append(Prediction(m, s, m + kappa * s, self.read_out(m),
+                                  self.read_out(m - s), self.read_out(m + s)))
         return out
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from . import _model
+from . import _model, _prior
 from . import _mutation as mut
 from . import _tree as tree
 from ._knob import Knob
@@ -33,7 +33,7 @@ class Planner(Protocol):
     mutable: list[Knob]
 
     @property
-    def model(self) -> _model.MoveModel | None: ...
+    def model(self) -> _model.MoveModel | _prior.Ensemble | None: ...
 
     def parents(self) -> Sequence[Any]: ...  # ._rules._Parent: number, params, describe
 
@@ -41,13 +41,17 @@ class Planner(Protocol):
               changes: Sequence[mut.Change]) -> dict[str, Any] | None: ...
 
 
+def points(planner: Planner) -> list[tuple[Mapping[str, Any], float | None]]:
+    """(params, score) of the planner's finished trials, by number; None for a failed one."""
+    return [(n.params, None if n.failed else n.score) for n in planner.nodes
+            if n.finished and (n.failed or n.score is not None)]
+
+
 def fit(planner: Planner) -> _model.MoveModel | None:
     """The move model of the planner's finished trials (a failed one ranks last)."""
     names = set(planner.s.group_names)
     knobs = [k for k in planner.knobs if k.name in names]
-    points = [(n.params, None if n.failed else n.score) for n in planner.nodes
-              if n.finished and (n.failed or n.score is not None)]
-    return _model.fit(knobs, planner.anchors, points, sign=planner.sign)
+    return _model.fit(knobs, planner.anchors, points(planner), sign=planner.sign)
 
 
 def _values(knob: Knob, anchor: Any, ends_only: bool) -> Iterator[Any]:
@@ -93,7 +97,7 @@ def ranked_move(planner: Planner, strategy: str, *, ends_only: bool = False
         name, old, new = change
         kind = "range-end probes" if ends_only else "one-knob moves"
         rule = (parent.describe(strategy)
-                + f"; the move model of {model.n} finished runs ranks {name} "
+                + f"; {model.label} ranks {name} "
                   f"{mut.format_value(old)} -> {mut.format_value(new)} first of "
                   f"{len(candidates)} {kind} (predicted {planner.s.value_name} "
                   f"{p.value:.3f}, one sd {p.low:.3f} to {p.high:.3f})")

@@ -9,20 +9,20 @@ so every worker that reads the same storage decides the same way.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
 from optuna.logging import get_logger
 from optuna.trial import FrozenTrial, TrialState
 
-from . import _density, _model, _ranked, _survey
+from . import _density, _model, _prior, _ranked, _survey
 from . import _mutation as mut
 from . import _tree as tree
-from ._knob import Knob, Roles
+from ._knob import Knob
 from ._optuna_internals import fixed_params
 from ._record import CONVERGED, FAILED, PARTIAL, VIRTUAL_ROOT, classify
+from ._settings import Decision, Settings, _Parent
 
 __all__ = ["Decision", "Planner", "Settings"]
 
@@ -34,60 +34,6 @@ _STREAK_EXPLORE = 4  # explore: this many partial, or this many failed, in a row
 _STREAK_DEGENERACY = 3  # degeneracy-break: this many degenerate in a row
 # exploit: a knob with this many single-knob tries and no direction that helped on average.
 _EXHAUSTED_TRIES = 3
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the rules know of the problem: everything is declared, nothing is looked up by
-    name. Thresholds and gains are in the objective's units."""
-
-    knobs: tuple[Knob, ...]
-    base: Mapping[str, Any]  # the root's params, and every knob's lattice anchor
-    roles: Roles
-    n_iter_block: int
-    ucb_c: float
-    seed: int
-    converged: float | None  # boundary-probe: better than this is converged
-    failed: float | None  # worse than this is failed (explore's streak, no replicate)
-    failed_value: float | None  # what a failed trial counts as (None: nothing)
-    follow_gain: float  # follow-through: the gain over the grandparent that counts
-    rising_gain: float  # duration: the gain over the curve's last quarter that counts
-    degenerate: Callable[[FrozenTrial], bool] | None  # degeneracy-break's diagnosis
-    value_name: str  # how the parent rules name the objective ("value", "R2")
-    owner: str  # the sampler's class name, for messages
-    survey: int = 0  # survey trials after the root of block 1 (0: no survey)
-    # Rank a parent's candidate moves by a model of every finished trial (:mod:`._model`)
-    # instead of the fixed exploration order; and let the duration rule shorten a plateaued
-    # incumbent's runs.
-    model: bool = False
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(k.name for k in self.knobs)
-
-    @property
-    def group_names(self) -> tuple[str, ...]:
-        """The knobs that define a replicate group: all but the seed knob."""
-        return tuple(k.name for k in self.knobs if k.name != self.roles.seed)
-
-
-@dataclass(frozen=True)
-class Decision:
-    params: dict[str, Any]
-    parent: int
-    strategy: str
-    changes: tuple[mut.Change, ...]
-    parent_rule: str
-    spread: int | None = None
-
-
-@dataclass(frozen=True)
-class _Parent:
-    """A parent to mutate: a scored node, or the block's root when nothing can be scored."""
-
-    number: int
-    params: Mapping[str, Any]
-    describe: Callable[[str], str]  # strategy -> the parent_rule line
 
 
 class Planner:
@@ -199,13 +145,19 @@ class Planner:
                       else (first, -first))
         for d in directions:
             new = mut.neighbour(knob, old, d, self.anchors[knob.name])
-            if new is None:
+            if new is None or (d == mut.UP and self.longer_is_void(parent, knob.name)):
                 continue
             change = (knob.name, old, new)
             params = self.apply(parent, [change])
             if params is not None:
                 return params, change
         return None
+
+    def longer_is_void(self, params: Mapping[str, Any], name: str) -> bool:
+        """Whether raising ``name`` (the duration knob) from ``params`` changes nothing: the
+        caller's cap (``Settings.capped``) cuts the run already."""
+        capped = self.s.capped
+        return name == self.s.roles.duration and capped is not None and capped(params)
 
     def replicate_of(self, number: int, params: Mapping[str, Any]) -> tuple[dict[str, Any],
                                                                           mut.Change] | None:
@@ -236,11 +188,28 @@ class Planner:
         return sum(1 for n in self.nodes if n.group == node.group)
 
     @functools.cached_property
-    def model(self) -> _model.MoveModel | None:
-        """The move model of every finished trial (None: off, or too few trials)."""
+    def own_model(self) -> _model.MoveModel | None:
+        """The move model of this study's finished trials (None: too few, or all alike)."""
+        return _ranked.fit(self)
+
+    @functools.cached_property
+    def prior_weights(self) -> _prior.Weights | None:
+        """Each prior source's weight after this study's finished trials (None: no prior)."""
+        prior = self.s.prior
+        if prior is None:
+            return None
+        return prior.weights(_ranked.points(self), self.own_model, self.number)
+
+    @functools.cached_property
+    def model(self) -> _model.MoveModel | _prior.Ensemble | None:
+        """What ranks the moves: the move model of every finished trial (None: off, or too
+        few trials), or with a prior the weighted ensemble of it and the prior's sources."""
         if not self.s.model:
             return None
-        return _ranked.fit(self)
+        if self.s.prior is None or self.prior_weights is None:
+            return self.own_model
+        return _prior.Ensemble(self.s.prior, self.prior_weights, self.own_model,
+                               len(_ranked.points(self)))
 
     def model_step(self, strategy: str, ends_only: bool = False) -> Decision | None:
         """The move the model ranks first (:func:`._ranked.ranked_move`), or None."""
@@ -339,44 +308,10 @@ class Planner:
         return self.block == 1 and self.s.survey > 0
 
     def survey(self) -> Decision | None:
-        """The next draw of block 1's survey (:mod:`._survey`), hung from the root."""
-        if not self.surveying:
-            return None
-        # Survey decisions already made (running ones included): workers decide in trial
-        # order, so they all count the same.
-        taken = sum(1 for m in self.members if m.strategy == "survey")
-        n = self.s.survey
-        if taken >= n:
-            return None
-        roles = self.s.roles
-        fixed = [name for name in (roles.seed, roles.duration, *roles.survey_fixed)
-                 if name is not None]
-        knobs = _survey.surveyed(self.knobs, fixed)
-        if not knobs:
-            return None
-        rows = _survey.design(knobs, self.anchors, self.root_params, n, self.s.seed)
-
-        def draws() -> Iterator[dict[str, Any]]:
-            yield rows[taken]
-            # The design's row is taken (an enqueued trial has it): uniform lattice draws
-            # instead, from this trial's own stream.
-            rng = np.random.default_rng([self.s.seed, self.number, 2])
-            for _ in range(64):
-                yield _survey.random_draw(knobs, self.anchors, rng)
-
-        for i, draw in enumerate(draws()):
-            changes = tuple((name, self.root_params[name], value) for name, value in draw.items()
-                            if tree.canonical(value) != tree.canonical(self.root_params[name]))
-            params = self.apply(self.root_params, changes) if changes else None
-            if params is None:
-                continue
-            kept = ", ".join(name for name in self.names if name in set(fixed))
-            rule = (f"survey {taken + 1}/{n} of block {self.block}: space-filling draw over "
-                    f"every knob's lattice, from the root ({self.describe_root()})"
-                    + (f"; {kept} kept at the root's values" if kept else "")
-                    + ("" if i == 0 else "; the design's draw was taken: a uniform draw"))
-            return Decision(params, self.root_parent, "survey", changes, rule)
-        return None
+        """The next draw of block 1's survey (:func:`._survey.survey_move`), hung from the
+        root; with a prior, some draws follow it (:mod:`._prior`)."""
+        found = _survey.survey_move(self) if self.surveying else None
+        return None if found is None else Decision(found[1], found[0], "survey", *found[2:])
 
     def replicate(self) -> Decision | None:
         best = tree.incumbent(self.nodes)
@@ -450,7 +385,7 @@ class Planner:
         knob = self.by_name[name]
         top = self.scores[0].node
         curve = [(step, self.sign * v) for step, v in top.intermediate]
-        if mut.is_rising(curve, self.s.rising_gain):
+        if mut.is_rising(curve, self.s.rising_gain) and not self.longer_is_void(top.params, name):
             direction = mut.UP
         elif self.s.model and self.shorten_ok(top, curve):
             direction = mut.DOWN

@@ -9,7 +9,6 @@ calls it once per trial, before any suggest) and handed out by ``sample_relative
 from __future__ import annotations
 
 import datetime
-import math
 import threading
 import time
 import weakref
@@ -28,10 +27,12 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from . import _checks as checks
 from . import _mutation as mut
 from . import _optuna_internals as internals
 from . import _tree as tree
 from ._knob import DEFAULT_STEPS, Knob, Roles, default_value
+from ._prior import FittedPrior, PriorSource, Weights
 from ._record import RECORD_KEY
 from ._rules import Planner, Settings
 
@@ -121,6 +122,18 @@ class UCBSampler(BaseSampler):
             at <= 0, stored in its system attrs. A trial that violates one is never converged
             (at best partial) for the rules, and ranks as if its value were worse by its total
             violation (the sum of its positive constraint values) wherever the rules compare.
+        prior:
+            Earlier studies (:class:`PriorSource`, one per study) whose trials shape what the
+            sampler proposes: some survey draws, the move model's ranking and the density move
+            (:mod:`._prior`), each source weighted by how well it orders this study's own
+            finished trials. Never the seed or the cost knobs (``duration``,
+            ``survey_fixed``), and the root stays ``base_params``. A source that shares no
+            knob with the search space is refused (ValueError). None or empty (the default):
+            no prior, and every decision is what it was without one.
+        capped:
+            True for params whose run a longer ``duration`` would not lengthen (the caller caps
+            the training, e.g. a step budget): no rule raises the duration knob from them, since
+            the child would run as its parent did. None (the default): no cap.
     """
 
     def __init__(
@@ -145,20 +158,22 @@ class UCBSampler(BaseSampler):
         independent_sampler: BaseSampler | None = None,
         value_name: str = "value",
         constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
+        prior: Sequence[PriorSource] | None = None,
+        capped: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
         if (search_space is None) == (knobs is None):
             raise ValueError("give either search_space (Optuna distributions) or knobs")
         if search_space is not None:
-            space = _check_search_space(search_space)
+            space = checks.check_search_space(search_space)
             knobs = tuple(Knob.from_distribution(n, d, steps=steps) for n, d in space.items())
             if base_params is None:
                 base_params = {n: default_value(d) for n, d in space.items()}
-        knobs = _check_knobs(knobs)
+        knobs = checks.check_knobs(knobs)
         if base_params is None:
-            base_params = {k.name: _knob_default(k) for k in knobs}
-        base = _check_base_params(base_params, knobs)
+            base_params = {k.name: checks.knob_default(k) for k in knobs}
+        base = checks.check_base_params(base_params, knobs)
         if search_space is not None:
-            _check_lattices(knobs, base, space)
+            checks.check_lattices(knobs, base, space)
         else:
             space = {k.name: k.distribution() for k in knobs}
         roles = Roles() if roles is None else roles
@@ -174,7 +189,7 @@ class UCBSampler(BaseSampler):
                              f"{n_iter_block - 1}], got {survey!r}")
         if not isinstance(model, bool):
             raise ValueError(f"model: expected True or False, got {model!r}")
-        ucb_c = _number("ucb_c", ucb_c, minimum=0.0)
+        ucb_c = checks.number("ucb_c", ucb_c, minimum=0.0)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or not 0 <= seed < 2**32):
             raise ValueError(f"seed: expected None or an integer in [0, 2**32), got {seed!r}")
@@ -188,14 +203,15 @@ class UCBSampler(BaseSampler):
         self._settings = Settings(
             knobs=knobs, base=base, roles=roles, n_iter_block=n_iter_block, ucb_c=ucb_c,
             seed=decision_seed,
-            converged=None if converged is None else _number("converged", converged),
-            failed=None if failed is None else _number("failed", failed),
-            failed_value=None if failed_value is None else _number("failed_value",
+            converged=None if converged is None else checks.number("converged", converged),
+            failed=None if failed is None else checks.number("failed", failed),
+            failed_value=None if failed_value is None else checks.number("failed_value",
                                                                     failed_value),
-            follow_gain=_number("follow_gain", follow_gain, minimum=0.0),
-            rising_gain=_number("rising_gain", rising_gain, minimum=0.0),
+            follow_gain=checks.number("follow_gain", follow_gain, minimum=0.0),
+            rising_gain=checks.number("rising_gain", rising_gain, minimum=0.0),
             degenerate=degenerate, value_name=str(value_name), owner=type(self).__name__,
-            survey=survey, model=model)
+            survey=survey, model=model,
+            prior=checks.fit_prior(prior, knobs, base, roles, decision_seed), capped=capped)
         self._independent_sampler = independent_sampler or RandomSampler(seed=seed)
         if constraints_func is not None and not callable(constraints_func):
             raise ValueError(f"constraints_func: expected None or a callable, "
@@ -239,6 +255,20 @@ class UCBSampler(BaseSampler):
     def survey(self) -> int:
         """Survey trials after the root of block 1 (0: none)."""
         return self._settings.survey
+
+    @property
+    def prior(self) -> FittedPrior | None:
+        """The prior's sources as fitted on this sampler's knobs (None: no prior)."""
+        return self._settings.prior
+
+    def prior_weights(self, study: Study, *,
+                      trials: Sequence[FrozenTrial] | None = None) -> Weights | None:
+        """Each prior source's weight (and the study's own model's) as the next trial's
+        decision computes them; None without a prior. ``trials``: as :meth:`scores`."""
+        if self._settings.prior is None:
+            return None
+        trials = _trials(study, trials)
+        return self._planner(study, trials, None, sign=self._sign(study)).prior_weights
 
     def __getstate__(self) -> dict[str, Any]:
         # The cache and its lock stay behind (a lock cannot be pickled; the cache refills).
@@ -473,81 +503,3 @@ def suggest_knobs(trial: BaseTrial, knobs: Sequence[Knob]) -> dict[str, Any]:
         else:  # pragma: no cover - Knob.distribution returns one of the three
             raise TypeError(f"knob {knob.name}: unsupported distribution {dist!r}")
     return params
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def _number(name: str, value: Any, *, minimum: float | None = None) -> float:
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or (minimum is not None and value < minimum)):
-        bound = "" if minimum is None else f" >= {minimum:g}"
-        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
-    return float(value)
-
-
-def _check_search_space(space: Any) -> dict[str, BaseDistribution]:
-    if (not isinstance(space, Mapping) or not space
-            or not all(isinstance(d, BaseDistribution) for d in space.values())):
-        raise ValueError(f"search_space: expected a non-empty mapping name -> Optuna "
-                         f"distribution, got {space!r}")
-    return {str(n): d for n, d in space.items()}
-
-
-def _check_knobs(knobs: Any) -> tuple[Knob, ...]:
-    if (isinstance(knobs, (str, bytes, Mapping)) or not isinstance(knobs, Sequence)
-            or not knobs or not all(isinstance(k, Knob) for k in knobs)):
-        raise ValueError(f"knobs: expected a non-empty sequence of Knob (or Optuna "
-                         f"distributions as search_space), got {knobs!r}")
-    names = [k.name for k in knobs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"knobs: each knob name once, got {', '.join(dupes)} more than once")
-    return tuple(knobs)
-
-
-def _knob_default(knob: Knob) -> Any:
-    return default_value(knob.distribution())
-
-
-def _check_base_params(base_params: Any, knobs: Sequence[Knob]) -> dict[str, Any]:
-    if not isinstance(base_params, Mapping):
-        raise ValueError(f"base_params: expected a mapping knob name -> value, "
-                         f"got {base_params!r}")
-    names = [k.name for k in knobs]
-    missing = [n for n in names if n not in base_params]
-    unknown = sorted(str(n) for n in base_params if n not in names)
-    if missing:
-        raise ValueError(f"base_params: missing a value for {', '.join(missing)} "
-                         f"(one per knob: {', '.join(names)})")
-    if unknown:
-        raise ValueError(f"base_params: {', '.join(unknown)} is not a knob "
-                         f"(allowed: {', '.join(names)})")
-    for k in knobs:
-        value = base_params[k.name]
-        if not k.contains(value):
-            allowed = (list(k.choices or ()) if k.scale == "categorical"
-                       else f"[{k.low}, {k.high}]")
-            raise ValueError(f"base_params: {k.name} = {value!r} is outside the knob's range "
-                             f"{allowed}")
-    return {k.name: base_params[k.name] for k in knobs}
-
-
-def _check_lattices(knobs: Sequence[Knob], base: Mapping[str, Any],
-                    space: Mapping[str, BaseDistribution]) -> None:
-    """Every lattice value of a knob made from a stepped distribution lies on the step: a
-    lattice rounds to 6 significant digits, which a fine step over a wide range defeats."""
-    for knob in knobs:
-        dist = space[knob.name]
-        if not isinstance(dist, (FloatDistribution, IntDistribution)) or dist.step is None:
-            continue
-        if knob.scale == "categorical":
-            continue
-        low, q = float(dist.low), float(dist.step)
-        for value in knob.grid(base[knob.name]):
-            k = (value - low) / q
-            if abs(k - round(k)) > 1e-8:
-                raise ValueError(f"search_space: {knob.name}: lattice value {value!r} is not "
-                                 f"{low} plus a multiple of the step {q}; give base_params on "
-                                 f"the step, or knobs with a coarser lattice")

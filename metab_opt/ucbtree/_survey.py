@@ -25,20 +25,24 @@ reproducible. Trial ``i`` of the survey takes row ``i`` of it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
+from . import _prior, _ranked
 from ._knob import Knob
+from ._tree import canonical
 
-__all__ = ["design", "random_draw", "surveyed"]
+__all__ = ["design", "random_draw", "survey_move", "surveyed"]
 
 # Designs tried for the maximin choice: enough that the best is well spread, cheap enough to
 # compute in a few milliseconds (it is cached anyway).
 _CANDIDATES = 64
 # Keys the design's random stream apart from the per-trial streams [seed, number(, k)].
 _STREAM = 0x53555256  # "SURV"
+# The per-trial stream of a guided slot's uniform draws: [seed, number, 4] (1-3: the rules').
+_STREAM_GUIDED = 4
 
 
 def surveyed(knobs: Sequence[Knob], fixed: Sequence[str]) -> tuple[Knob, ...]:
@@ -117,3 +121,92 @@ def random_draw(knobs: Sequence[Knob], anchors: Mapping[str, Any],
         grid = knob.grid(anchors[knob.name])
         out[knob.name] = grid[int(rng.integers(len(grid)))]
     return out
+
+
+class Planner(Protocol):
+    """What the survey rule reads of :class:`._rules.Planner` (which imports this module)."""
+
+    s: Any  # ._rules.Settings: roles, seed, survey, prior
+    knobs: tuple[Knob, ...]
+    names: tuple[str, ...]
+    anchors: Mapping[str, Any]
+    members: list[Any]  # ._tree.Node of the block
+    root_params: Mapping[str, Any]
+    root_parent: int
+    block: int
+    number: int
+
+    @property
+    def own_model(self) -> Any: ...  # ._model.MoveModel | None
+
+    @property
+    def prior_weights(self) -> Any: ...  # ._prior.Weights | None
+
+    def describe_root(self) -> str: ...
+
+    def apply(self, parent: Mapping[str, Any],
+              changes: Sequence[tuple[str, Any, Any]]) -> dict[str, Any] | None: ...
+
+    def is_new(self, params: Mapping[str, Any]) -> bool: ...
+
+
+def survey_move(planner: Planner) -> tuple[int, dict[str, Any], tuple[tuple[str, Any, Any], ...],
+                                           str] | None:
+    """(parent, params, changes, parent_rule) of the next survey draw of block 1, hung from the
+    root: the design's next row, or with a prior on a guided slot the draw the prior's ensemble
+    ranks first (:func:`._prior.guided_draw`); None once the survey is done."""
+
+    # Survey decisions already made (running ones included): workers decide in trial order,
+    # so they all count the same.
+    taken = sum(1 for m in planner.members if m.strategy == "survey")
+    n = planner.s.survey
+    if taken >= n:
+        return None
+    roles = planner.s.roles
+    fixed = [name for name in (roles.seed, roles.duration, *roles.survey_fixed)
+             if name is not None]
+    knobs = surveyed(planner.knobs, fixed)
+    if not knobs:
+        return None
+    rows = design(knobs, planner.anchors, planner.root_params, n, planner.s.seed)
+    guided: dict[str, Any] | None = None
+    weights = planner.prior_weights
+    if weights is not None and _prior.guided_slot(taken, weights.total):
+        ensemble = _prior.Ensemble(planner.s.prior, weights, planner.own_model,
+                                   len(_ranked.points(planner)))
+        rng = np.random.default_rng([planner.s.seed, planner.number, _STREAM_GUIDED])
+        pool = [*rows, *(random_draw(knobs, planner.anchors, rng)
+                         for _ in range(_prior.SURVEY_CANDIDATES))]
+        guided = _prior.guided_draw(ensemble, knobs, planner.anchors, planner.root_params,
+                                    [m.params for m in planner.members], pool, planner.is_new)
+        how = (f"survey {taken + 1}/{n} of block {planner.block}, a slot the prior guides: "
+               f"the draw {ensemble.prior.describe(weights)} and the finished runs rank first "
+               f"of the design's rows, uniform lattice draws and its studies' best trials, "
+               f"away from the block's trials, from the root ({planner.describe_root()})")
+
+    def draws() -> Iterator[dict[str, Any]]:
+        if guided is not None:
+            yield guided
+        yield rows[taken]
+        # The design's row is taken (an enqueued trial has it): uniform lattice draws
+        # instead, from this trial's own stream.
+        rng = np.random.default_rng([planner.s.seed, planner.number, 2])
+        for _ in range(64):
+            yield random_draw(knobs, planner.anchors, rng)
+
+    root = planner.root_params
+    for i, draw in enumerate(draws()):
+        changes = tuple((name, root[name], value) for name, value in draw.items()
+                        if canonical(value) != canonical(root[name]))
+        params = planner.apply(root, changes) if changes else None
+        if params is None:
+            continue
+        kept = ", ".join(name for name in planner.names if name in set(fixed))
+        first = 0 if guided is None else 1  # the index of the design's own row
+        head = (how if guided is not None and i == 0 else
+                f"survey {taken + 1}/{n} of block {planner.block}: space-filling draw over "
+                f"every knob's lattice, from the root ({planner.describe_root()})")
+        rule = (head + (f"; {kept} kept at the root's values" if kept else "")
+                + ("" if i <= first else "; the design's draw was taken: a uniform draw"))
+        return planner.root_parent, params, changes, rule
+    return None
