@@ -1,7 +1,7 @@
 """Write a deliberately wrong prior: every value of a prior file negated (the best trial becomes
 the worst). docs/transfer.md measures what it costs a study (`--prior` with this file).
 
-    python scripts/reverse_prior.py configs/priors/rank50_family.json /tmp/rank50_family_reversed.json
+    python scripts/reverse_prior.py configs/priors/rank50_family.json /tmp/reversed.json
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from metab_opt.config import ConfigError, load_config
 from metab_opt.prior import (
     BUNDLED,
     check_prior,
-    export_prior,
     load_prior_file,
     resolve,
     resolve_all,
@@ -181,3 +180,19 @@ def test_compare_refuses_a_prior_for_samplers_that_take_none(tmp_path: Path) -> 
                       "--samplers", "ucb,tpe")
     assert rc == 2 and "the tpe sampler(s) take no prior here yet" in err
     assert not (tmp_path / "cwd" / "studies").exists()
+
+
+def test_a_study_with_a_prior_reports_it_in_its_memory(tmp_path: Path) -> None:
+    """The memory's prior section comes from the sampler: each source and its weight."""
+    from metab_opt.logbook import render_memory
+    from metab_opt.sampler import UCBMutationSampler
+
+    cfg = load_config(TINY)
+    sampler = UCBMutationSampler.from_config(cfg, seed=0, prior=resolve("rank50_family"))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    lines = sampler.prior_report(study)
+    assert lines is not None and "weight 0.50" in lines[0] and "even start" in lines[0]
+    memory = render_memory([], study_name="s", prior=lines)
+    assert "## Prior: what earlier studies say" in memory
+    assert "- rank50_proxy (256 reactions, network seed 42" in memory
+    assert "## Prior" not in render_memory([], study_name="s")

@@ -181,7 +181,8 @@ class Logbook:
         # Next line both name it.
         next_now = self._predict_parent(study, trials)
         importances = param_importances(study, seed_knob=seed_knob(self.config))
-        memory = self.render_memory(trials, importances=importances, next_parent=next_now)
+        memory = self.render_memory(trials, importances=importances, next_parent=next_now,
+                                    prior=self._prior_lines(study, trials))
         # No block number in the header: the sampler's table may already be the next block's.
         last = max((t.number for t in finished), default=None)
         ucb_text = (format_ucb_scores(rows, after=last) if rows is not None
@@ -207,7 +208,8 @@ class Logbook:
 
     def render_memory(self, trials: Sequence[FrozenTrial], *,
                       importances: tuple[dict[str, float] | None, str] | None = None,
-                      next_parent: int | str | None = None) -> str:
+                      next_parent: int | str | None = None,
+                      prior: Sequence[str] | None = None) -> str:
         """:func:`metab_opt.logbook.render_memory` with this logbook's config."""
         cfg = self.config
         choices: dict[str, Sequence[Any]] = {}
@@ -225,7 +227,18 @@ class Logbook:
                              knobs=knobs, choices=choices, n_iter_block=self._n_iter_block,
                              importances=importances, next_parent=next_parent,
                              seed_knob=seed_knob(cfg), joint=asks_joint_recovery(cfg),
-                             max_lines=self.max_memory_lines)
+                             prior=prior, max_lines=self.max_memory_lines)
+
+    def _prior_lines(self, study: Any, trials: Sequence[FrozenTrial]) -> list[str] | None:
+        """The UCB sampler's account of its prior (None: another sampler, or no prior)."""
+        report = getattr(getattr(study, "sampler", None), "prior_report", None)
+        if report is None:
+            return None
+        try:
+            return report(study, trials=trials)
+        except Exception as exc:  # a view: never the reason a trial's logs go unwritten
+            self._warn("prior", f"the prior's account could not be computed ({exc})")
+            return None
 
     @property
     def _base_params(self) -> dict[str, Any] | None:

@@ -456,6 +456,7 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
                   next_parent: int | str | None = None,
                   seed_knob: str | None = SEED_BY_NAME,
                   joint: bool = False,
+                  prior: Sequence[str] | None = None,
                   max_lines: int = MEMORY_MAX_LINES) -> str:
     """The working memory: what the trials so far have taught, in at most ``max_lines`` lines.
 
@@ -466,7 +467,9 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
     None: no seed knob); ``joint`` whether the study asks for the joint recovery
     (:func:`metab_opt.joint.asks_joint_recovery`): only then do the best configurations show
     its verdict, since in a k-only study the homeostasis it never asked for would read as a
-    failure of k.
+    failure of k; ``prior`` the sampler's account of its prior (each earlier study, its weight
+    and what it says of each knob: :meth:`metab_opt.ucbtree.UCBSampler.prior_report`), a
+    section of its own; None: the study has no prior.
     """
     max_lines = max(max_lines, 40)
     finished = sorted((t for t in trials if t.state in FINISHED_STATES), key=lambda t: t.number)
@@ -521,6 +524,8 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
               *section("## Knowledge base: parent -> child changes (ΔR² = child - parent"
                        f"{_CONSTRAINED_NOTE if constrained else ''})", knowledge),
               *section("## Parameter importances", importance_lines),
+              *(section("## Prior: what earlier studies say, weighted by how well they order "
+                        "this study's trials", list(prior)) if prior else []),
               *section("## Best configurations (grouped over seeds)", best_lines)]
     after = [*section(f"## Current block {current}", current_lines),
              *section("## Open questions", open_lines)]

@@ -61,7 +61,7 @@ from ._knob import Knob
 
 __all__ = ["BOOTSTRAPS", "MIN_SPREAD", "SURVEY_CANDIDATES", "WEIGHT_POINTS", "Ensemble",
            "FittedPrior", "PriorSource", "SourceTrial", "Weights", "guided_draw", "guided_slot",
-           "knob_summary", "mix_density"]
+           "knob_summary", "mix_density", "report"]
 
 # Resamples of the study's trials over which the models' ranking losses are compared.
 BOOTSTRAPS = 256
@@ -352,6 +352,21 @@ def mix_density(prior: FittedPrior, weights: Weights, knob: Knob, anchor: Any,
     return good / good.sum(), bad / bad.sum()
 
 
+def report(prior: FittedPrior, weights: Weights) -> list[str]:
+    """The prior for people, a markdown list: each source, its weight now and what it says
+    about each knob it shares; then the study's own model's weight."""
+    how = ("no pair of this study's finished trials has judged them yet: an even start"
+           if weights.pairs == 0 else
+           f"learned from {weights.pairs // 2} pairs of this study's finished trials")
+    lines = [f"- {prior.describe(weights)}; {how}"]
+    for i, (f, w) in enumerate(zip(prior.fitted, weights.sources, strict=True)):
+        lines.append(f"- {f.source.name} ({f.source.regime or 'regime unknown'}, "
+                     f"{len(f.source.trials)} trials): weight {w:.2f}")
+        lines += [f"  - {line}" for line in knob_summary(prior, i)]
+    lines.append(f"- this study's own move model: weight {weights.study:.2f}")
+    return lines
+
+
 def knob_summary(prior: FittedPrior, index: int) -> list[str]:
     """What source ``index`` says about each knob it shares: where its best quarter lies
     against all its trials (``lr_sub: best quarter 0.002–0.008 (median 0.004); all 1e-4–0.01``)."""
@@ -372,5 +387,4 @@ def _span(knob: Knob, values: Sequence[Any]) -> str:
         return ", ".join(f"{format_value(c)} ×{n}" for c, n in counts.items())
     vals = sorted(float(v) for v in values)
     median = vals[len(vals) // 2]
-    return (f"{format_value(vals[0])}–{format_value(vals[-1])} "
-            f"(median {format_value(median)})")
+    return f"{vals[0]:.3g}–{vals[-1]:.3g} (median {median:.3g})"

@@ -33,6 +33,7 @@ from . import _optuna_internals as internals
 from . import _tree as tree
 from ._knob import DEFAULT_STEPS, Knob, Roles, default_value
 from ._prior import FittedPrior, PriorSource, Weights
+from ._prior import report as prior_report
 from ._record import RECORD_KEY
 from ._rules import Planner, Settings
 
@@ -269,6 +270,15 @@ class UCBSampler(BaseSampler):
             return None
         trials = _trials(study, trials)
         return self._planner(study, trials, None, sign=self._sign(study)).prior_weights
+
+    def prior_report(self, study: Study, *,
+                     trials: Sequence[FrozenTrial] | None = None) -> list[str] | None:
+        """The prior for people (each source, its weight now, what it says about each knob),
+        as markdown list lines; None without a prior."""
+        weights = self.prior_weights(study, trials=trials)
+        if weights is None or self._settings.prior is None:
+            return None
+        return prior_report(self._settings.prior, weights)
 
     def __getstate__(self) -> dict[str, Any]:
         # The cache and its lock stay behind (a lock cannot be pickled; the cache refills).

@@ -192,3 +192,13 @@ def test_density_mix_moves_mass_toward_the_sources_good_values() -> None:
                                       lambda size, idx: np.bincount(idx, minlength=size) + 1.0,
                                       flat, flat)
     assert good[1] > 0.8 and bad[0] > bad[1]
+
+
+def test_the_report_names_each_source_its_weight_and_the_knobs() -> None:
+    f = fitted(source(1.0, n=80, name="rank50_proxy"))
+    lines = prior_mod.report(f, prior_mod.Weights((0.7,), 0.3, 24))
+    assert lines[0] == ("- the prior of 80 trials from 1 study (weight 0.70); learned from 12 "
+                        "pairs of this study's finished trials")
+    assert lines[1].startswith("- rank50_proxy (regime unknown, 80 trials): weight 0.70")
+    assert any(line.startswith("  - lr: best quarter") for line in lines)
+    assert lines[-1] == "- this study's own move model: weight 0.30"
