@@ -71,10 +71,12 @@ def importances_without_seed(storage: BaseStorage, study_id: int) -> list[list[d
     from optuna.study import StudyDirection
     from optuna.trial import FrozenTrial, TrialState
 
+    from metab_opt.trial_record import own_trials
+
     name = storage.get_study_name_from_id(study_id)
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=optuna.samplers.RandomSampler())  # no sampler is run
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = own_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if len(complete) <= 1:  # optuna-dashboard's threshold: nothing to rank yet
         return [[] for _ in study.directions]
     seed = _seed_param(storage, name)

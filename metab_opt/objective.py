@@ -159,6 +159,20 @@ def held_params(cfg: Config, sampler_kind: str) -> dict[str, Any]:
     return {} if seed is None else {seed: cfg.base_params()[seed]}
 
 
+def held_distribution(knob: Any, value: Any) -> Any:
+    """The single-valued Optuna distribution a held knob is suggested with (its kind and scale,
+    the one value): what :func:`suggest_holding` suggests, and what a prior's trials copied into
+    a study carry (:func:`metab_opt.prior.optuna_trials`)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    dist = knob.distribution()
+    if isinstance(dist, CategoricalDistribution):
+        return CategoricalDistribution([value])
+    if isinstance(dist, FloatDistribution):
+        return FloatDistribution(float(value), float(value), log=dist.log)
+    return IntDistribution(int(value), int(value), log=dist.log)
+
+
 def suggest_holding(trial: Any, cfg: Config, held: Mapping[str, Any]) -> dict[str, Any]:
     """Suggest every knob, in the declared order; the params by name.
 
@@ -179,16 +193,13 @@ def suggest_holding(trial: Any, cfg: Config, held: Mapping[str, Any]) -> dict[st
         if knob.name not in held:
             params.update(suggest_knobs(trial, [knob]))
             continue
-        value = held[knob.name]
-        dist = knob.distribution()
+        dist = held_distribution(knob, held[knob.name])
         if isinstance(dist, CategoricalDistribution):
-            params[knob.name] = trial.suggest_categorical(knob.name, [value])
+            params[knob.name] = trial.suggest_categorical(knob.name, list(dist.choices))
         elif isinstance(dist, FloatDistribution):
-            params[knob.name] = trial.suggest_float(knob.name, float(value), float(value),
-                                                    log=dist.log)
+            params[knob.name] = trial.suggest_float(knob.name, dist.low, dist.high, log=dist.log)
         else:
-            params[knob.name] = trial.suggest_int(knob.name, int(value), int(value),
-                                                  log=dist.log)
+            params[knob.name] = trial.suggest_int(knob.name, dist.low, dist.high, log=dist.log)
     return params
 
 

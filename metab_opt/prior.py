@@ -31,8 +31,9 @@ from typing import Any
 from metab_opt.config import Config, ConfigError
 from metab_opt.ucbtree import PriorSource, SourceTrial
 
-__all__ = ["BUNDLED", "FORMAT", "check_prior", "export_prior", "load_prior_file", "regime_line",
-           "resolve", "resolve_all", "show_prior", "sources_of_study", "with_prior", "write_prior"]
+__all__ = ["BUNDLED", "FORMAT", "TAKES_PRIOR", "add_prior_trials", "check_prior", "export_prior",
+           "load_prior_file", "optuna_trials", "regime_line", "resolve", "resolve_all",
+           "show_prior", "sources_of_study", "with_prior", "write_prior"]
 
 FORMAT = "metab_opt prior"
 VERSION = 1
@@ -290,20 +291,83 @@ def with_prior(cfg: Config, specs: Sequence[str]) -> Config:
     return dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, prior=prior), raw=raw)
 
 
+# How each sampler takes a prior: the UCB sampler's own (metab_opt.ucbtree._prior); tpe and gp
+# with the prior's trials added to their study (what Optuna's maintainers recommend: they learn
+# from the trials in the study); cmaes as WS-CMA-ES (CmaEsSampler(source_trials=...)); random
+# takes none. Only `compare` gives Optuna's samplers theirs.
+TAKES_PRIOR = {"ucb": "its own prior", "tpe": "the prior's trials added to its study",
+               "gp": "the prior's trials added to its study",
+               "cmaes": "WS-CMA-ES: the prior's trials as source_trials", "random": "none"}
+
+
 def check_prior(cfg: Config, *, root: str | Path = "studies", storage_url: str | None = None,
                 samplers: Sequence[str] = ("ucb",)) -> list[PriorSource]:
     """The sources of ``cfg.search.prior``, refused in one line (ConfigError) when one cannot
-    be read or shares no knob with the study, or when a sampler that takes no prior is asked
-    to use one."""
+    be read or shares no knob with the study."""
     from metab_opt.sampler import UCBMutationSampler
 
-    others = [s for s in samplers if s != "ucb"]
-    if others:
-        raise ConfigError(f"--prior: the {', '.join(others)} sampler(s) take no prior here yet "
-                          f"(the UCB sampler does: --sampler ucb, --samplers ucb)")
+    if list(samplers) == ["random"]:
+        raise ConfigError("--prior: the random sampler takes none (ucb, tpe, gp and cmaes do)")
     sources = resolve_all(cfg.search.prior, root=root, storage_url=storage_url)
     try:
         UCBMutationSampler.from_config(cfg, seed=0, prior=sources)
     except ValueError as exc:
         raise ConfigError(f"--prior: {exc}") from None
     return sources
+
+
+def optuna_trials(sources: Sequence[PriorSource], cfg: Config,
+                  held: Mapping[str, Any]) -> list[Any]:
+    """The sources' finished trials as Optuna trials of this study's search space, for Optuna's
+    samplers: COMPLETE with their own values (a pruned one its last report; failed ones left
+    out), every knob present (one a source lacks at the config's value, a value outside a
+    knob's range at the nearest end, a categorical value the knob does not have: the trial is
+    left out), the ``held`` knobs (the training seed) at their held value, marked with
+    :data:`metab_opt.trial_record.PRIOR_SOURCE_ATTR` so that no view counts them."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from optuna.trial import create_trial
+
+    from metab_opt.objective import held_distribution
+    from metab_opt.trial_record import PRIOR_SOURCE_ATTR
+
+    base = cfg.base_params()
+    dists = {k.name: (held_distribution(k, held[k.name]) if k.name in held
+                      else k.distribution()) for k in cfg.search.knobs}
+    out = []
+    for source in sources:
+        for t in source.trials:
+            if t.value is None or t.state == "FAIL" or not math.isfinite(t.value):
+                continue
+            params: dict[str, Any] = {}
+            for name, dist in dists.items():
+                value = held.get(name, t.params.get(name, base[name]))
+                if isinstance(dist, CategoricalDistribution):
+                    if value not in dist.choices:
+                        break
+                else:
+                    value = min(max(value, dist.low), dist.high)
+                    value = int(round(value)) if isinstance(dist, IntDistribution) else value
+                params[name] = value
+            else:
+                out.append(create_trial(params=params, distributions=dists, value=t.value,
+                                        system_attrs={PRIOR_SOURCE_ATTR: source.name}))
+    return out
+
+
+def add_prior_trials(study: Any, sources: Sequence[PriorSource], cfg: Config, kind: str) -> None:
+    """The prior's trials added to a tpe or gp study, once, before its own: the way Optuna's
+    maintainers recommend to warm-start them (:func:`optuna_trials`; marked, so that no count,
+    view or incumbent reads them). ConfigError for a study that has trials of its own but not
+    the prior's (it was started without it)."""
+    from metab_opt.objective import held_params
+    from metab_opt.trial_record import PRIOR_SOURCE_ATTR
+
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if any(PRIOR_SOURCE_ATTR in t.system_attrs for t in trials):
+        return  # a resumed study has them
+    if any(t.state != TrialState.WAITING for t in trials):  # an enqueued start is no result
+        raise ConfigError(f"study '{study.study_name}' has trials of its own but not the "
+                          f"prior's: it was started without --prior (choose another name)")
+    study.add_trials(optuna_trials(sources, cfg, held_params(cfg, kind)))

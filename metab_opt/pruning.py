@@ -66,6 +66,7 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from metab_opt.config import Config, ConfigError, config_from_dict
+from metab_opt.trial_record import own_trials
 
 __all__ = ["PLANNED_STEPS", "Curve", "Judgement", "PruneReport", "ReplayRow", "SafePruner",
            "group_key", "replay"]
@@ -187,8 +188,8 @@ class SafePruner(BasePruner):
 
     def prune(self, study: optuna.study.Study, trial: FrozenTrial) -> bool:
         history = []
-        finished = study.get_trials(deepcopy=False,
-                                    states=(TrialState.COMPLETE, TrialState.PRUNED))
+        finished = own_trials(study.get_trials(deepcopy=False,
+                                               states=(TrialState.COMPLETE, TrialState.PRUNED)))
         n_pruned = sum(t.state == TrialState.PRUNED for t in finished)
         for t in finished:
             if t.state != TrialState.COMPLETE:
@@ -415,7 +416,7 @@ def replay(study: optuna.study.Study, pruner: SafePruner | None = None) -> Prune
     cfg = _study_config(study)
     if pruner is None:
         pruner = SafePruner(seed_param=seed_knob(cfg))
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    trials = sorted(own_trials(study.get_trials(deepcopy=False)), key=lambda t: t.number)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     values = {t.number: v for t in finished if (v := trial_r2(t)) is not None}
     top = _top_quartile(values)

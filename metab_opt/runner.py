@@ -109,7 +109,7 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
     url = storage_url or default_storage_url(root, name)
     storage = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     prior = None
-    if cfg.search.prior and sampler_kind == "ucb":
+    if cfg.search.prior and sampler_kind != "random":  # random takes none
         from metab_opt.prior import resolve_all
 
         prior = resolve_all(cfg.search.prior, root=root, storage_url=storage_url)
@@ -118,6 +118,10 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
                        sampler_kind=sampler_kind,
                        pruner=make_pruner(pruner if pruner is not None else cfg.search.pruner,
                                           cfg))
+    if prior and sampler_kind in ("tpe", "gp"):
+        from metab_opt.prior import add_prior_trials
+
+        add_prior_trials(study, prior, cfg, sampler_kind)
     paths.artifacts.mkdir(parents=True, exist_ok=True)
     # Only the UCB sampler has a tree and a UCB table; the baselines' logs say so.
     logbook = Logbook(paths.folder, name, config=cfg, draw_tree=plots and sampler_kind == "ucb",

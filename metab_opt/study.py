@@ -60,10 +60,22 @@ def make_sampler(kind: str, cfg: Config, seed: int | None, prior: Any = None,
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "cmaes":
         # CMA-ES handles the numeric knobs; categoricals fall back to independent sampling.
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        # With a prior: WS-CMA-ES (Nomura et al. 2021), its mean and covariance warm-started
+        # from the prior's best trials (metab_opt.prior.optuna_trials).
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                            source_trials=_source_trials(cfg, prior, kind))
     if kind == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     raise ConfigError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {kind!r}")
+
+
+def _source_trials(cfg: Config, prior: Any, kind: str) -> list[Any] | None:
+    if not prior:
+        return None
+    from metab_opt.objective import held_params
+    from metab_opt.prior import optuna_trials
+
+    return optuna_trials(prior, cfg, held_params(cfg, kind))
 
 
 def make_pruner(kind: str, cfg: Config | None = None) -> Any:
@@ -112,7 +124,7 @@ def _fingerprint(cfg: Config, sampler: str) -> dict[str, str]:
     }
     # A prior changes the decisions: a study is resumed with the same one (absent without a
     # prior, so that older studies resume).
-    if cfg.search.prior and sampler == "ucb":
+    if cfg.search.prior and sampler != "random":  # random takes none
         fp["prior"] = ", ".join(cfg.search.prior)
     return fp
 

@@ -37,9 +37,11 @@ __all__ = [
     "CONVERGED_R2",
     "FAILED_R2",
     "FAILED_VALUE",
+    "PRIOR_SOURCE_ATTR",
     "SEED_BY_NAME",
     "SHOWN_FAILED_R2",
     "classify_r2",
+    "own_trials",
     "read_nodes",
     "roles_of",
     "seed_knob",
@@ -54,6 +56,16 @@ FAILED_VALUE = 0.0
 SHOWN_FAILED_R2: float | None = None
 # The training seed's knob when there is no config to declare it (its search.roles).
 SEED_BY_NAME = "seed"
+# A trial copied into a study from a prior (an earlier study's, for Optuna's samplers, which
+# learn from the trials in their study: metab_opt.prior.optuna_trials) carries its source's
+# name under this system attr. It is no trial of the study: no view, count, incumbent or
+# pruning decision reads it (:func:`own_trials`).
+PRIOR_SOURCE_ATTR = "metab_opt:prior_source"
+
+
+def own_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` without those a prior copied in (:data:`PRIOR_SOURCE_ATTR`)."""
+    return [t for t in trials if PRIOR_SOURCE_ATTR not in t.system_attrs]
 
 
 def trial_r2(trial: FrozenTrial) -> float | None:

@@ -175,14 +175,46 @@ def test_bad_priors_are_one_line_exit_2_nothing_written(tmp_path: Path, prior: s
     assert not (tmp_path / "cwd" / "studies").exists()
 
 
-def test_compare_refuses_a_prior_for_samplers_that_take_none(tmp_path: Path) -> None:
-    rc, _, err = _cli(tmp_path, "compare", "--config", str(TINY), "--prior", "rank50_family",
-                      "--samplers", "ucb,tpe")
-    assert rc == 2 and "the tpe sampler(s) take no prior here yet" in err
+def test_random_alone_takes_no_prior(tmp_path: Path) -> None:
+    rc, _, err = _cli(tmp_path, "study", "--config", str(TINY), "--prior", "rank50_family",
+                      "--sampler", "random")
+    assert rc == 2 and "the random sampler takes none" in err
     assert not (tmp_path / "cwd" / "studies").exists()
 
 
-def test_a_study_with_a_prior_reports_it_in_its_memory(tmp_path: Path) -> None:
+def test_optuna_samplers_get_the_prior_trials_marked_and_uncounted(tmp_path: Path) -> None:
+    """tpe: the prior's trials in its study, marked, before its own; no count or view reads
+    them. cmaes: the same trials as WS-CMA-ES's source_trials."""
+    from metab_opt.compare.results import counted
+    from metab_opt.objective import held_params
+    from metab_opt.prior import add_prior_trials, optuna_trials
+    from metab_opt.study import make_sampler
+    from metab_opt.trial_record import PRIOR_SOURCE_ATTR, own_trials
+
+    cfg = load_config(TINY)
+    sources = resolve("rank50_family")
+    trials = optuna_trials(sources, cfg, held_params(cfg, "tpe"))
+    assert len(trials) == 192 and all(t.system_attrs[PRIOR_SOURCE_ATTR] == "rank50_proxy"
+                                      for t in trials)
+    seed = cfg.search.roles.seed if cfg.search.roles else "seed"
+    assert {t.params[seed] for t in trials} == {cfg.base_params()[seed]}  # held, not searched
+    assert set(trials[0].params) == set(cfg.search.names)
+    study = optuna.create_study(direction="maximize",
+                                sampler=make_sampler("tpe", cfg, 0, prior=sources))
+    study.enqueue_trial(cfg.base_params())
+    add_prior_trials(study, sources, cfg, "tpe")
+    add_prior_trials(study, sources, cfg, "tpe")  # resumed: once
+    assert len(study.trials) == 193
+    assert own_trials(study.trials) == [study.trials[0]] and counted(study.trials) == []
+    cmaes = make_sampler("cmaes", cfg, 0, prior=sources)
+    assert len(cmaes._source_trials) == 192
+    done = optuna.create_study(direction="maximize")
+    done.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    with pytest.raises(ConfigError, match="started without --prior"):
+        add_prior_trials(done, sources, cfg, "tpe")
+
+
+def test_a_study_with_a_prior_reports_it_in_its_memory() -> None:
     """The memory's prior section comes from the sampler: each source and its weight."""
     from metab_opt.logbook import render_memory
     from metab_opt.sampler import UCBMutationSampler

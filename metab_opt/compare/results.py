@@ -16,7 +16,7 @@ from metab_opt._optuna_internals import is_enqueued, retried_trial
 from metab_opt.config import ConfigError
 from metab_opt.logbook import trial_r2
 from metab_opt.storage import open_storage
-from metab_opt.trial_record import FAILED_VALUE
+from metab_opt.trial_record import FAILED_VALUE, own_trials
 
 __all__ = [
     "ATTR",
@@ -81,6 +81,7 @@ def counted(trials: Sequence[Any]) -> list[Any]:
     """
     from optuna.trial import TrialState
 
+    trials = own_trials(trials)
     retried = {retried_trial(t.system_attrs) for t in trials} - {None}
     out = []
     for t in sorted(trials, key=lambda t: t.number):

@@ -215,15 +215,10 @@ def _run_one(run: _Run, storage: Any, kind: str, k: int, tag: str) -> None:
     """Run the missing trials of one study, then the missing retrains of its final
     incumbent, with progress lines."""
     sname = study_name(run.name, kind, k)
-    prior = None
-    if kind == "ucb" and run.cfg.search.prior:
-        from metab_opt.prior import resolve_all
-
-        prior = resolve_all(run.cfg.search.prior, root=run.folder.parent)
+    # Only to open (or create) the study: run_study builds the sampler that runs it, with the
+    # config's prior (search.prior, which --prior extends).
     study = open_study(run.cfg, name=sname, storage=storage,
-                       sampler=make_sampler(kind, run.cfg, k, prior=prior,
-                                                  max_steps=run.max_steps),
-                       sampler_kind=kind)
+                       sampler=make_sampler(kind, run.cfg, k), sampler_kind=kind)
     head = f"{tag} {sname}"
     _run_trials(run, study, kind, k, head)
 

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial
 from metab_opt._io import atomic_write
 from metab_opt.dashboard_views import DashboardViews
 from metab_opt.joint import asks_joint_recovery
-from metab_opt.trial_record import seed_knob
+from metab_opt.trial_record import own_trials, seed_knob
 
 from ._entry import format_entry, format_ucb_scores, tree_nodes
 from ._journal import AnalysisLog
@@ -170,7 +170,7 @@ class Logbook:
                                type(exc).__name__, exc, exc_info=True)
 
     def _update(self, study: Study, current: FrozenTrial | None) -> None:
-        trials = study.get_trials(deepcopy=False)
+        trials = own_trials(study.get_trials(deepcopy=False))
         if current is not None:
             # A finished trial never changes, so the callback's copy equals the storage's; it
             # also covers a storage that does not list the trial yet.

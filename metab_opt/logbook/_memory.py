@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from metab_opt import trial_record
 from metab_opt.joint import joint_summary
-from metab_opt.trial_record import FAILED_VALUE, SEED_BY_NAME
+from metab_opt.trial_record import FAILED_VALUE, SEED_BY_NAME, own_trials
 from metab_opt.ucbtree import (
     ATTR_MUTATION,
     ATTR_STRATEGY,
@@ -90,7 +90,8 @@ def param_importances(study: Study, *, seed_knob: str | None = SEED_BY_NAME,
     and a share of the importance given to it would read as one.
     """
     try:
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete = [t for t in own_trials(study.get_trials(deepcopy=False,
+                                                            states=(TrialState.COMPLETE,)))
                     if t.values is not None and len(t.values) == 1
                     and finite(t.values[0]) is not None]
         if len(complete) < min_trials:
@@ -146,7 +147,8 @@ def replicate_groups(trials: Iterable[FrozenTrial], *, config: Config | None = N
         base_params = config.base_params() if base_params is None else base_params
     if names is None:
         raise TypeError("replicate_groups: give the config, or the knobs' names")
-    return rank_groups(_nodes(trials, names, base_params, trial_record.seed_knob(config)))
+    return rank_groups(_nodes(own_trials(trials), names, base_params,
+                              trial_record.seed_knob(config)))
 
 
 # ---------------------------------------------------------------------------------------------
