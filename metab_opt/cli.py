@@ -266,11 +266,13 @@ def _print_summary(study: Any, cfg: Config, root: str, seconds: float) -> None:
     import optuna
 
     from metab_opt.best import trials_incumbent
+    from metab_opt.trial_record import own_trials
 
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    trials = own_trials(study.trials)  # a prior's trials copied in (tpe, gp) are not its own
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
     also = f", {pruned} pruned" if pruned else ""
-    print(f"study '{study.study_name}': {len(study.trials)} trials ({len(done)} complete{also}) "
+    print(f"study '{study.study_name}': {len(trials)} trials ({len(done)} complete{also}) "
           f"in storage; this run {seconds / 60:.1f} min")
     # The incumbent the sampler and the memory file name (a replicate group), not Optuna's
     # single best trial, which a lucky training seed can put on top.

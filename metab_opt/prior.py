@@ -359,10 +359,10 @@ def add_prior_trials(study: Any, sources: Sequence[PriorSource], cfg: Config, ki
     maintainers recommend to warm-start them (:func:`optuna_trials`; marked, so that no count,
     view or incumbent reads them). ConfigError for a study that has trials of its own but not
     the prior's (it was started without it)."""
+    from optuna.trial import TrialState
+
     from metab_opt.objective import held_params
     from metab_opt.trial_record import PRIOR_SOURCE_ATTR
-
-    from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     if any(PRIOR_SOURCE_ATTR in t.system_attrs for t in trials):

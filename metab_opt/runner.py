@@ -26,6 +26,7 @@ from metab_opt.config import Config
 from metab_opt.logbook import Logbook, trial_r2
 from metab_opt.storage import default_storage_url, open_storage
 from metab_opt.study import make_pruner, make_sampler, open_study
+from metab_opt.trial_record import own_trials
 
 __all__ = ["StudyPaths", "run_study"]
 
@@ -58,10 +59,13 @@ class _ProgressLine:
         # The logbook's definition of a trial's R² (a pruned trial: its last report).
         value = trial_r2(trial)
         r2 = f"{value:.4f}" if value is not None else "n/a"
-        try:
-            best = f"{study.best_value:.4f} (trial {study.best_trial.number})"
-        except ValueError:
-            best = "n/a"
+        from optuna.trial import TrialState
+
+        # The study's own trials: a prior's copied in (tpe, gp) are none of its results.
+        complete = [t for t in own_trials(study.get_trials(deepcopy=False))
+                    if t.state == TrialState.COMPLETE and t.value is not None]
+        top = max(complete, key=lambda t: t.value, default=None)
+        best = "n/a" if top is None else f"{top.value:.4f} (trial {top.number})"
         parent = a.get("parent_id")
         if parent is None:
             parent = "-"  # a baseline sampler: no tree

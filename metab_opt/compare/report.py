@@ -194,6 +194,16 @@ def _config_info(storage: Any, ids: Iterable[int]) -> tuple[str | None, int | No
     return None, None, None
 
 
+def _prior_of(storage: Any, ids: Iterable[int]) -> tuple[str, ...]:
+    """The config's ``search.prior`` (the earlier studies the samplers learned from)."""
+    for sid in ids:
+        body = storage.get_study_user_attrs(sid).get(f"{ATTR}config")
+        if isinstance(body, Mapping):
+            prior = body.get("search", {}).get("prior", ())
+            return tuple(prior) if isinstance(prior, list) else (prior,) if prior else ()
+    return ()
+
+
 def _pruner_of(storage: Any, ids: Iterable[int]) -> str | None:
     """The config's ``search.pruner`` (what every study of the comparison ran with)."""
     for sid in ids:
@@ -257,6 +267,7 @@ class _Facts:
     spread: tuple[float, ...] | None
     caps: Sequence[int | None]  # the --max-steps the trials ran under (None: no cap)
     pruner: str | None = None  # the config's search.pruner
+    prior: tuple[str, ...] = ()  # the config's search.prior (compare --prior adds to it)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -296,7 +307,7 @@ def build_report(storage: Any, name: str, samplers: Sequence[str], repeats: int,
     facts = _Facts(name=name, repeats=repeats, n_trials=n_trials, commands=commands,
                    config_path=config_path, base_steps=base_steps, block=block,
                    space=_space_info(storage, ids), spread=spread, caps=_caps_of(storage, ids),
-                   pruner=_pruner_of(storage, ids))
+                   pruner=_pruner_of(storage, ids), prior=_prior_of(storage, ids))
 
     png = out / "best_so_far.png"
     steps_png = out / "best_vs_steps.png"
@@ -415,6 +426,13 @@ def _report_text(summaries: Mapping[str, SamplerSummary], facts: _Facts) -> str:
         lines.append("The random sampler is not part of this comparison.")
     lines += ["", "## Samplers", ""]
     lines += _sampler_notes(list(summaries), facts.space, facts.block)
+    if facts.prior:
+        from metab_opt.prior import TAKES_PRIOR
+
+        lines.append(f"- **Prior** ({', '.join(facts.prior)}), as each sampler takes one: "
+                     + "; ".join(f"{s}: {TAKES_PRIOR.get(s, 'none')}" for s in summaries)
+                     + ". A prior's trials copied into a study are none of its trials: not "
+                       "counted, not in its best R² or its incumbent.")
     lines += ["", "## Studies", "",
               "| study | trials | failed | best R² | at trial | training steps "
               "| replicate-confirmed R² | wall time |",
