@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from test_bad_input import _cli  # a fresh `metab-opt` process, run from an empty folder
 
 from metab_opt.cli import main
 from metab_opt.config import ConfigError, load_config
@@ -129,15 +127,6 @@ def test_write_prior_leaves_no_half_file(tmp_path: Path) -> None:
     write_prior({"format": "metab_opt prior", "version": 1, "studies": []}, out)
     assert json.loads(out.read_text())["studies"] == []
     assert not list(out.parent.glob("*.tmp"))
-
-
-def _cli(tmp_path: Path, *argv: str) -> tuple[int, str, str]:
-    cwd = tmp_path / "cwd"
-    cwd.mkdir(exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    res = subprocess.run([sys.executable, "-m", "metab_opt", *argv], capture_output=True,
-                         text=True, cwd=cwd, env=env, timeout=120)
-    return res.returncode, res.stdout, res.stderr
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:

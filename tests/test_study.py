@@ -435,8 +435,8 @@ def _sampler_failing_at(monkeypatch: pytest.MonkeyPatch, number: int,
 
     make = runner.make_sampler
 
-    def make_failing(kind: str, cfg: Any, seed: int | None) -> Any:
-        sampler = make(kind, cfg, seed)
+    def make_failing(kind: str, cfg: Any, seed: int | None, **options: Any) -> Any:
+        sampler = make(kind, cfg, seed, **options)
         decide = sampler.before_trial
 
         def before_trial(study: Any, trial: Any) -> None:
