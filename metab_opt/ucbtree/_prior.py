@@ -77,7 +77,9 @@ SURVEY_CANDIDATES = 256
 # The sources' best trials offered to a guided survey slot, per source.
 SOURCE_BEST = 16
 _STREAM_WEIGHTS = 5  # the per-trial streams: [seed, number, k]; 1-4 are the rules'
-_FLAT = "flat guess"
+# Weights kept for the decisions in flight (the survey, the ranking and the density move of one
+# decision read the same): a few.
+_CACHED = 8
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,8 @@ class FittedPrior:
         wins = (best / best.sum(axis=0, keepdims=True)).sum(axis=1) / BOOTSTRAPS
         pairs = int((truth != 0).sum())
         result = Weights(tuple(float(w) for w in wins[:-1]), float(wins[-1]), pairs)
+        if len(self._cache) >= _CACHED:  # a decision asks a few times; older ones are done
+            self._cache.pop(next(iter(self._cache)))
         self._cache[key] = result
         return result
 
