@@ -20,6 +20,10 @@ is kept (maximin), so the draws also spread jointly, not only knob by knob.
 Everything is a pure function of the knobs, the base values, the root's params, the survey size
 and the sampler's seed: every worker computes the same design, and a seeded study is
 reproducible. Trial ``i`` of the survey takes row ``i`` of it.
+
+With a prior (:mod:`._prior`), about a fraction ``W`` of the slots (the sources' weight at
+that decision, the first slot among them) take instead the draw the prior's ensemble ranks
+first, away from the block's other trials (:func:`survey_move`).
 """
 
 from __future__ import annotations
@@ -155,7 +159,6 @@ def survey_move(planner: Planner) -> tuple[int, dict[str, Any], tuple[tuple[str,
     """(parent, params, changes, parent_rule) of the next survey draw of block 1, hung from the
     root: the design's next row, or with a prior on a guided slot the draw the prior's ensemble
     ranks first (:func:`._prior.guided_draw`); None once the survey is done."""
-
     # Survey decisions already made (running ones included): workers decide in trial order,
     # so they all count the same.
     taken = sum(1 for m in planner.members if m.strategy == "survey")
