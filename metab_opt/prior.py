@@ -317,13 +317,16 @@ def check_prior(cfg: Config, *, root: str | Path = "studies", storage_url: str |
 
 
 def optuna_trials(sources: Sequence[PriorSource], cfg: Config,
-                  held: Mapping[str, Any]) -> list[Any]:
+                  held: Mapping[str, Any], *, numeric_only: bool = False) -> list[Any]:
     """The sources' finished trials as Optuna trials of this study's search space, for Optuna's
     samplers: COMPLETE with their own values (a pruned one its last report; failed ones left
     out), every knob present (one a source lacks at the config's value, a value outside a
     knob's range at the nearest end, a categorical value the knob does not have: the trial is
     left out), the ``held`` knobs (the training seed) at their held value, marked with
-    :data:`metab_opt.trial_record.PRIOR_SOURCE_ATTR` so that no view counts them."""
+    :data:`metab_opt.trial_record.PRIOR_SOURCE_ATTR` so that no view counts them.
+
+    ``numeric_only``: only the knobs CMA-ES models (numeric, not held): WS-CMA-ES uses a source
+    trial only if its params are exactly its search space."""
     from optuna.distributions import CategoricalDistribution, IntDistribution
     from optuna.trial import create_trial
 
@@ -333,6 +336,9 @@ def optuna_trials(sources: Sequence[PriorSource], cfg: Config,
     base = cfg.base_params()
     dists = {k.name: (held_distribution(k, held[k.name]) if k.name in held
                       else k.distribution()) for k in cfg.search.knobs}
+    if numeric_only:
+        dists = {n: d for n, d in dists.items()
+                 if n not in held and not isinstance(d, CategoricalDistribution)}
     out = []
     for source in sources:
         for t in source.trials:

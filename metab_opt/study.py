@@ -75,7 +75,7 @@ def _source_trials(cfg: Config, prior: Any, kind: str) -> list[Any] | None:
     from metab_opt.objective import held_params
     from metab_opt.prior import optuna_trials
 
-    return optuna_trials(prior, cfg, held_params(cfg, kind))
+    return optuna_trials(prior, cfg, held_params(cfg, kind), numeric_only=True)
 
 
 def make_pruner(kind: str, cfg: Config | None = None) -> Any:

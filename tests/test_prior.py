@@ -197,6 +197,14 @@ def test_optuna_samplers_get_the_prior_trials_marked_and_uncounted(tmp_path: Pat
     assert own_trials(study.trials) == [study.trials[0]] and counted(study.trials) == []
     cmaes = make_sampler("cmaes", cfg, 0, prior=sources)
     assert len(cmaes._source_trials) == 192
+    # WS-CMA-ES takes a source trial only if its params are exactly its search space: a study
+    # suggested as the objective suggests (the seed held) samples from them without failing.
+    from metab_opt.objective import suggest_holding
+
+    ws = optuna.create_study(direction="maximize", sampler=cmaes)
+    held = held_params(cfg, "cmaes")
+    ws.optimize(lambda t: float(len(suggest_holding(t, cfg, held))), n_trials=3)
+    assert [t.state.name for t in ws.trials] == ["COMPLETE"] * 3
     done = optuna.create_study(direction="maximize")
     done.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
     with pytest.raises(ConfigError, match="started without --prior"):
