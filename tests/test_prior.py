@@ -225,3 +225,20 @@ def test_a_study_with_a_prior_reports_it_in_its_memory() -> None:
     assert "## Prior: what earlier studies say" in memory
     assert "- rank50_proxy (256 reactions, network seed 42" in memory
     assert "## Prior" not in render_memory([], study_name="s")
+
+
+def test_a_tpe_study_with_a_prior_logs_and_counts_its_own_trials_only(tmp_path: Path) -> None:
+    """`study --sampler tpe --prior`: the prior's 192 trials sit in the study (TPE learns
+    from them), and the analysis log, the memory and the summary know only the study's own."""
+    root = tmp_path / "studies"
+    rc = main(["study", "--config", str(TINY), "--sampler", "tpe", "--prior", "rank50_family",
+               "--n-trials", "1", "--max-steps", "30", "--root", str(root), "--no-progress",
+               "--no-plots"])
+    assert rc == 0
+    storage = f"sqlite:///{root / 'tiny' / 'study.db'}"
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert len(trials) == 193
+    log = (root / "tiny" / "tiny_analysis.md").read_text()
+    assert log.count("## Iter ") == 1
+    memory = (root / "tiny" / "tiny_memory.md").read_text()
+    assert "1 finished" in memory
