@@ -204,8 +204,8 @@ def resolve(spec: str, *, root: str | Path = "studies",
     """The sources a ``--prior`` spec names (the module docstring's order)."""
     from metab_opt.storage import StorageError, default_storage_url, missing_storage, redact
 
-    if "@" in spec and "://" in spec.split("@", 1)[1]:
-        name, url = _split(spec, None)
+    name, url = _split(spec, None)
+    if url is not None:
         try:
             return sources_of_study(name, root=root, storage_url=url)
         except ConfigError as exc:  # an unreachable server, no such study there
