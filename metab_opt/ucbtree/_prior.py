@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -77,9 +77,6 @@ SURVEY_CANDIDATES = 256
 # The sources' best trials offered to a guided survey slot, per source.
 SOURCE_BEST = 16
 _STREAM_WEIGHTS = 5  # the per-trial streams: [seed, number, k]; 1-4 are the rules'
-# Weights kept for the decisions in flight (the survey, the ranking and the density move of one
-# decision read the same): a few.
-_CACHED = 8
 
 
 @dataclass(frozen=True)
@@ -146,7 +143,6 @@ class FittedPrior:
     fitted: tuple[_Fitted, ...]
     anchors: Mapping[str, Any]
     seed: int
-    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def fit(cls, sources: Sequence[PriorSource], knobs: Sequence[Knob],
@@ -182,9 +178,6 @@ class FittedPrior:
     def n_trials(self) -> int:
         return sum(len(f.source.trials) for f in self.fitted)
 
-    def names(self) -> list[str]:
-        return [f.source.name for f in self.fitted]
-
     def describe(self, weights: Weights) -> str:
         """``the prior of 192 trials from 1 study (weight 0.70)``."""
         n = len(self.fitted)
@@ -206,19 +199,12 @@ class FittedPrior:
                 study_model: _model.MoveModel | None, number: int) -> Weights:
         """The weights after the study's finished ``points`` (params, score; None: failed),
         ``study_model`` fitted on the same points in the same order (None: too few)."""
-        key = (number, tuple((tuple(sorted((k, repr(v)) for k, v in p.items())), s)
-                             for p, s in points))
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
         n_models = len(self.fitted) + 1
         recent = list(range(len(points)))[-WEIGHT_POINTS:]
         scores = np.array([-math.inf if points[i][1] is None else float(points[i][1])
                            for i in recent])
         if len(recent) < 2 or len(set(scores.tolist())) < 2:
-            result = Weights(tuple([1.0 / n_models] * (n_models - 1)), 1.0 / n_models, 0)
-            self._cache[key] = result
-            return result
+            return Weights(tuple([1.0 / n_models] * (n_models - 1)), 1.0 / n_models, 0)
         preds = list(self.source_means([points[i][0] for i in recent]))
         if study_model is not None:
             preds.append(study_model.loo_means()[recent])
@@ -239,11 +225,7 @@ class FittedPrior:
         best = per == per.min(axis=0, keepdims=True)
         wins = (best / best.sum(axis=0, keepdims=True)).sum(axis=1) / BOOTSTRAPS
         pairs = int((truth != 0).sum())
-        result = Weights(tuple(float(w) for w in wins[:-1]), float(wins[-1]), pairs)
-        if len(self._cache) >= _CACHED:  # a decision asks a few times; older ones are done
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = result
-        return result
+        return Weights(tuple(float(w) for w in wins[:-1]), float(wins[-1]), pairs)
 
 
 class Ensemble:

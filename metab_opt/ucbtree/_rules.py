@@ -201,15 +201,20 @@ class Planner:
         return prior.weights(_ranked.points(self), self.own_model, self.number)
 
     @functools.cached_property
+    def ensemble(self) -> _prior.Ensemble | None:
+        """The prior's sources and this study's move model, weighted (None: no prior)."""
+        if self.s.prior is None or self.prior_weights is None:
+            return None
+        return _prior.Ensemble(self.s.prior, self.prior_weights, self.own_model,
+                               len(_ranked.points(self)))
+
+    @functools.cached_property
     def model(self) -> _model.MoveModel | _prior.Ensemble | None:
         """What ranks the moves: the move model of every finished trial (None: off, or too
         few trials), or with a prior the weighted ensemble of it and the prior's sources."""
         if not self.s.model:
             return None
-        if self.s.prior is None or self.prior_weights is None:
-            return self.own_model
-        return _prior.Ensemble(self.s.prior, self.prior_weights, self.own_model,
-                               len(_ranked.points(self)))
+        return self.ensemble or self.own_model
 
     def model_step(self, strategy: str, ends_only: bool = False) -> Decision | None:
         """The move the model ranks first (:func:`._ranked.ranked_move`), or None."""

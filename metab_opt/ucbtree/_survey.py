@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import _prior, _ranked
+from . import _prior
 from ._knob import Knob
 from ._tree import canonical
 
@@ -130,7 +130,7 @@ def random_draw(knobs: Sequence[Knob], anchors: Mapping[str, Any],
 class Planner(Protocol):
     """What the survey rule reads of :class:`._rules.Planner` (which imports this module)."""
 
-    s: Any  # ._rules.Settings: roles, seed, survey, prior
+    s: Any  # ._rules.Settings: roles, seed, survey
     knobs: tuple[Knob, ...]
     names: tuple[str, ...]
     anchors: Mapping[str, Any]
@@ -141,10 +141,7 @@ class Planner(Protocol):
     number: int
 
     @property
-    def own_model(self) -> Any: ...  # ._model.MoveModel | None
-
-    @property
-    def prior_weights(self) -> Any: ...  # ._prior.Weights | None
+    def ensemble(self) -> Any: ...  # ._prior.Ensemble | None
 
     def describe_root(self) -> str: ...
 
@@ -173,19 +170,17 @@ def survey_move(planner: Planner) -> tuple[int, dict[str, Any], tuple[tuple[str,
         return None
     rows = design(knobs, planner.anchors, planner.root_params, n, planner.s.seed)
     guided: dict[str, Any] | None = None
-    weights = planner.prior_weights
-    if weights is not None and _prior.guided_slot(taken, weights.total):
-        ensemble = _prior.Ensemble(planner.s.prior, weights, planner.own_model,
-                                   len(_ranked.points(planner)))
+    ensemble = planner.ensemble
+    if ensemble is not None and _prior.guided_slot(taken, ensemble.weights.total):
         rng = np.random.default_rng([planner.s.seed, planner.number, _STREAM_GUIDED])
         pool = [*rows, *(random_draw(knobs, planner.anchors, rng)
                          for _ in range(_prior.SURVEY_CANDIDATES))]
         guided = _prior.guided_draw(ensemble, knobs, planner.anchors, planner.root_params,
                                     [m.params for m in planner.members], pool, planner.is_new)
         how = (f"survey {taken + 1}/{n} of block {planner.block}, a slot the prior guides: "
-               f"the draw {ensemble.prior.describe(weights)} and the finished runs rank first "
-               f"of the design's rows, uniform lattice draws and its studies' best trials, "
-               f"away from the block's trials, from the root ({planner.describe_root()})")
+               f"the draw {ensemble.prior.describe(ensemble.weights)} and the finished runs "
+               f"rank first of the design's rows, uniform lattice draws and its studies' best "
+               f"trials, away from the block's trials, from the root ({planner.describe_root()})")
 
     def draws() -> Iterator[dict[str, Any]]:
         if guided is not None:
