@@ -1,8 +1,9 @@
 """metab_opt: find the training settings with which a GNN recovers metabolic rate constants.
 
 The package root imports nothing heavy: ``metab_opt.sampler`` and ``metab_opt.logbook`` run
-without torch; ``metab_opt.model`` and ``metab_opt.training`` need it. ``UCBMutationSampler``
-is loaded from :mod:`metab_opt.sampler` on first use, so ``import metab_opt`` stays light.
+without torch; ``metab_opt.problem.model`` and ``metab_opt.problem.training`` need it.
+``UCBMutationSampler`` is loaded from :mod:`metab_opt.sampler` on first use, so
+``import metab_opt`` stays light.
 """
 
 from __future__ import annotations

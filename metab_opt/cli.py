@@ -28,7 +28,7 @@ def _load(args: argparse.Namespace, *, check_frozen: bool = True) -> Any:
 
 def _check_device(name: str) -> None:
     """Fail in one line (ConfigError) on a device this machine does not have."""
-    from metab_opt.training import select_device
+    from metab_opt.problem.training import select_device
 
     try:
         select_device(name)
@@ -37,7 +37,7 @@ def _check_device(name: str) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from metab_opt.simulation import load_or_build
+    from metab_opt.problem.simulation import load_or_build
 
     cfg = _load(args, check_frozen=False)
     t0 = time.perf_counter()
@@ -50,12 +50,22 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(f"  activity rank {m['activity_rank']}, concentrations "
           f"{m['concentration_min']:.3g} .. {m['concentration_max']:.3g}")
     print(f"  oracle_R2 {m['oracle_R2']:.4f} (least squares with the true kinetics)")
+    if "reaction_names" in m:  # a real model
+        print(f"  nnz(S) {m['nnz_S']}"
+              + (f", {m['n_trajectories']} trajectories" if "n_trajectories" in m else ""))
+        bad = m.get("unidentified_reactions", [])
+        if bad:
+            shown = ", ".join(bad[:20]) + (f" (+{len(bad) - 20} more)" if len(bad) > 20 else "")
+            print(f"  not identified by these data (oracle log10 k off by > 0.1): {len(bad)} "
+                  f"reactions: {shown}")
+        else:
+            print("  every reaction identified by these data (oracle log10 k within 0.1)")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from metab_opt.objective import HEADLINE, run_training
-    from metab_opt.training import TrainingDiverged
+    from metab_opt.problem.training import TrainingDiverged
 
     cfg = _load(args)
     _check_device(args.device)  # fail early, before anything is written
@@ -79,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from metab_opt.bench import bench
+    from metab_opt.problem.bench import bench
 
     cfg = _load(args)
     _check_device(args.device)
@@ -87,6 +97,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps: expected at least 10, got {args.steps}")
     if not 1 <= args.rounds <= args.steps:
         raise UsageError(f"--rounds: expected 1 to --steps ({args.steps}), got {args.rounds}")
+    if args.vs is not None:
+        from metab_opt.problem.bench import bench_scale, scale_lines
+
+        if args.seconds <= 0:
+            raise UsageError(f"--seconds: expected > 0, got {args.seconds}")
+        reference = load_config(args.vs, overrides=parse_overrides(args.overrides))
+        out = bench_scale(cfg, reference, data_root=args.data_root, device=args.device,
+                          threads=args.threads, cuda_graph=not args.no_cuda_graph,
+                          fused=not args.no_fused, rounds=args.rounds, seconds=args.seconds,
+                          product=args.product)
+        print("\n".join(scale_lines(out)), file=sys.stderr)
+        print(json.dumps(out))
+        return 0
     print(json.dumps(bench(cfg, data_root=args.data_root, device=args.device, steps=args.steps,
                            threads=args.threads, cuda_graph=not args.no_cuda_graph,
                            fused=not args.no_fused, rounds=args.rounds)))
@@ -176,8 +199,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
               "outright leaves its trial RUNNING (fail it by hand before resuming)",
               file=sys.stderr)
     from metab_opt import workers as wk
+    from metab_opt.problem.training import select_device
     from metab_opt.runner import run_study
-    from metab_opt.training import select_device
 
     try:
         n_workers = wk.resolve(args.workers, on_cpu=select_device(args.device).type == "cpu")

@@ -219,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time the step with autograd instead of the hand-written gradient")
     p.add_argument("--rounds", type=int, default=5,
                    help="alternating timing rounds; the figures are their medians")
+    p.add_argument("--vs", default=None, metavar="CONFIG",
+                   help="instead: the trainer's steps/s on --config and on this config, "
+                        "alternating, per nonzero of S (e.g. --config configs/ijo1366.yaml "
+                        "--vs configs/rank50.yaml), with the peak memory")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="with --vs: seconds per measurement")
+    p.add_argument("--product", default="auto", choices=["auto", "dense", "sparse"],
+                   help="with --vs: force --config's graph products (default: the trainer's "
+                        "rule)")
 
     p = sub.add_parser("replicate", help="one config trained with several seeds: the spread")
     _add_config(p)

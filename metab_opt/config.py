@@ -41,11 +41,18 @@ from metab_opt._config_checks import (
     _suggest,
     _type_name,
 )
+from metab_opt._network_section import (
+    BUNDLED_MODELS,
+    NETWORK_SOURCES,
+    NetworkConfig,
+    build_network_section,
+)
 from metab_opt._yaml import load_yaml
 from metab_opt.ucbtree import Knob, KnobSpecError, Roles
 
 __all__ = [
-    "Config", "ConfigError", "FROZEN_TRAINING_KEYS", "GraphModelConfig", "Knob", "PRUNERS", "Roles",
+    "BUNDLED_MODELS", "Config", "ConfigError", "FROZEN_TRAINING_KEYS", "GraphModelConfig", "Knob",
+    "NETWORK_SOURCES", "NetworkConfig", "PRUNERS", "Roles",
     "SearchConfig", "SimulationConfig", "TrainingConfig", "allowed_values", "apply_params",
     "load_config", "parse_overrides", "simulation_hash",
 ]
@@ -65,17 +72,11 @@ FROZEN_TRAINING_KEYS: dict[str, Any] = {
 class SimulationConfig:
     """The PDE_M1 regime: network, kinetics, homeostasis and the two trajectories."""
 
-    n_metabolites: int = _key(_i(2, 100_000))
-    n_metabolite_types: int = _key(_i(1, 100))
-    n_reactions: int = _key(_i(1, 1_000_000))
-    max_metabolites_per_reaction: int = _key(_i(1, 16))
     n_frames: int = _key(_i(2, 10_000_000))
     delta_t: float = _key(_f(0.0, 100.0, low_open=True))
     seed: int = _key(_i(0, 2**31 - 1))
     concentration_min: float = _key(_f(0.0, 1e6))
     concentration_max: float = _key(_f(0.0, 1e6, low_open=True))
-    cycle_fraction: float = _key(_f(0.0, 1.0))
-    cycle_length: int = _key(_i(2, 100))
     use_mass_action: bool = _key(_b())
     log_k_min: float = _key(_f(-12.0, 6.0))
     log_k_max: float = _key(_f(-12.0, 6.0))
@@ -87,10 +88,27 @@ class SimulationConfig:
     noise_level: float = _key(_f(0.0, 10.0), 0.0)
     # Euler steps per frame, each delta_t / substeps (docs/regimes.md: why 512 reactions need 2)
     substeps: int = _key(_i(1, 1000), 1)
+    # Many short trajectories from independent random starts instead of one long one (a real
+    # network settles onto its steady state within a few hundred frames): n_frames split evenly.
+    n_trajectories: int = _key(_i(1, 1_000_000), 1)
+    # Where the network comes from (absent: PDE_M1's generator; see _network_section.py).
+    network: NetworkConfig | None = _key(_Spec("network"), None)
+    # PDE_M1's generator (network absent or source pde_m1): required there, refused elsewhere.
+    n_metabolites: int | None = _key(_i(2, 100_000), None)
+    n_metabolite_types: int | None = _key(_i(1, 100), None)
+    n_reactions: int | None = _key(_i(1, 1_000_000), None)
+    max_metabolites_per_reaction: int | None = _key(_i(1, 16), None)
+    cycle_fraction: float | None = _key(_f(0.0, 1.0), None)
+    cycle_length: int | None = _key(_i(2, 100), None)
 
     @property
     def log_k_center(self) -> float:
         return 0.5 * (self.log_k_min + self.log_k_max)
+
+    @property
+    def generated(self) -> bool:
+        """Whether PDE_M1's generator makes the network (not a real model's file)."""
+        return self.network is None or self.network.source == "pde_m1"
 
 
 _SIMULATION_SPECS: dict[str, _Spec] = _specs_of(SimulationConfig)
@@ -122,7 +140,7 @@ class TrainingConfig:
     """Training hyperparameters; a study searches these (and some graph_model options).
 
     A loss term's weight (``coeff_*``) is declared here and named by its term in
-    ``metab_opt.losses.LOSS_TERMS``.
+    ``metab_opt.problem.losses.LOSS_TERMS``.
     """
 
     n_epochs: int = _key(_i(1, 1000))
@@ -188,7 +206,7 @@ class SearchConfig:
     model: bool = False  # rank moves by a model of all trials; duration may also shorten
     pruner: str = "none"  # one of PRUNERS: what stops a trial early (metab_opt.pruning)
     # One of CONSTRAINTS: "joint" makes the homeostasis conditions Optuna constraints, so that
-    # no run that misses them counts as converged (metab_opt.joint, docs/joint.md)
+    # no run that misses them counts as converged (metab_opt.problem.joint, docs/joint.md)
     constraints: str = "none"
     # Earlier studies the sampler learns from (metab_opt.prior: a study name, NAME@URL, a prior
     # file or a bundled prior's name); empty: none. `study --prior` adds to these.
@@ -239,10 +257,15 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for section in ("simulation", "graph_model", "training"):
-            values = dataclasses.asdict(getattr(self, section))
-            out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+            out[section] = _plain(dataclasses.asdict(getattr(self, section)))
         out["search"] = copy.deepcopy(dict(self.raw.get("search", {})))
         return out
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """A section as YAML writes it: lists for tuples, an absent optional key (None) left out."""
+    return {k: _plain(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v
+            for k, v in values.items() if v is not None}
 
 
 def _hash(obj: Any) -> str:
@@ -252,13 +275,24 @@ def _hash(obj: Any) -> str:
 
 # Simulation keys added after datasets were cached, left out of the hash at these values: older
 # configs keep their dataset folders and resume their studies.
-_HASH_OMIT_AT = {"substeps": 1}
+_HASH_OMIT_AT: dict[str, Any] = {"substeps": 1, "n_trajectories": 1, "network": None}
 
 
 def simulation_hash(sim: SimulationConfig) -> str:
-    """A ``simulation`` section's hash: the dataset cache key, the fingerprint's data part."""
-    return _hash({k: v for k, v in dataclasses.asdict(sim).items()
-                  if not (k in _HASH_OMIT_AT and v == _HASH_OMIT_AT[k])})
+    """A ``simulation`` section's hash: the dataset cache key, the fingerprint's data part.
+
+    A user's SBML file enters by its content, not its name: an edited file is another dataset.
+    """
+    data = {k: v for k, v in dataclasses.asdict(sim).items()
+            if not (k in _HASH_OMIT_AT and v == _HASH_OMIT_AT[k])}
+    if sim.network is not None and sim.network.source == "sbml" and sim.network.path:
+        try:
+            data["network_file_sha256"] = hashlib.sha256(
+                Path(sim.network.path).read_bytes()).hexdigest()
+        except OSError:
+            raise ConfigError(f"simulation.network.path: {sim.network.path}: cannot read the "
+                              f"file") from None
+    return _hash(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +307,8 @@ def _build_section(where: str, section: str, data: Any) -> Any:
     for key, value in data.items():
         if key not in specs:
             raise ConfigError(f"{where}.{key}: unknown key{_suggest(str(key), specs)}")
-        values[key] = _check_value(where, key, value, specs[key])
+        values[key] = build_network_section(f"{where}.{key}", value) \
+            if specs[key].kind == "network" else _check_value(where, key, value, specs[key])
     for key, spec in specs.items():
         if spec.required and key not in values:
             raise ConfigError(f"{where}.{key}: missing required key")
@@ -358,13 +393,17 @@ def _build_search(where: str, data: Any) -> SearchConfig:
                         constraints=constraints, prior=tuple(p.strip() for p in prior))
 
 
-def _check_cross(where: str, cfg: Config, *, check_frozen: bool) -> None:
-    sim = cfg.simulation
-    if sim.log_k_min >= sim.log_k_max:
-        raise ConfigError(f"{where}: simulation.log_k_min ({sim.log_k_min}) must be below "
-                          f"log_k_max ({sim.log_k_max})")
-    if sim.concentration_min >= sim.concentration_max:
-        raise ConfigError(f"{where}: simulation.concentration_min must be below concentration_max")
+# PDE_M1's generator's own keys: required with it, meaningless with a real model's network.
+_GENERATOR_KEYS = ("n_metabolites", "n_metabolite_types", "n_reactions",
+                   "max_metabolites_per_reaction", "cycle_fraction", "cycle_length")
+
+
+def _check_generated(where: str, sim: SimulationConfig) -> None:
+    missing = [k for k in _GENERATOR_KEYS if getattr(sim, k) is None]
+    if missing:
+        raise ConfigError(f"{where}: simulation.{missing[0]}: missing required key (PDE_M1's "
+                          f"generator needs it)")
+    assert sim.n_metabolites is not None and sim.cycle_length is not None
     for key in ("homeostatic_lambda_per_type", "homeostatic_baseline_per_type"):
         if len(getattr(sim, key)) != sim.n_metabolite_types:
             raise ConfigError(f"{where}: simulation.{key} needs {sim.n_metabolite_types} values "
@@ -372,8 +411,31 @@ def _check_cross(where: str, cfg: Config, *, check_frozen: bool) -> None:
     if sim.cycle_length > sim.n_metabolites:
         raise ConfigError(f"{where}: simulation.cycle_length ({sim.cycle_length}) exceeds "
                           f"n_metabolites ({sim.n_metabolites})")
-    if sim.max_metabolites_per_reaction > sim.n_metabolites:
+    if (sim.max_metabolites_per_reaction or 0) > sim.n_metabolites:
         raise ConfigError(f"{where}: simulation.max_metabolites_per_reaction exceeds n_metabolites")
+
+
+def _check_cross(where: str, cfg: Config, *, check_frozen: bool) -> None:
+    sim = cfg.simulation
+    if sim.log_k_min >= sim.log_k_max:
+        raise ConfigError(f"{where}: simulation.log_k_min ({sim.log_k_min}) must be below "
+                          f"log_k_max ({sim.log_k_max})")
+    if sim.concentration_min >= sim.concentration_max:
+        raise ConfigError(f"{where}: simulation.concentration_min must be below concentration_max")
+    if sim.n_frames % sim.n_trajectories:
+        raise ConfigError(f"{where}: simulation.n_frames ({sim.n_frames}) must split evenly into "
+                          f"n_trajectories ({sim.n_trajectories})")
+    if sim.n_frames // sim.n_trajectories < 2:
+        raise ConfigError(f"{where}: simulation.n_trajectories ({sim.n_trajectories}) leaves fewer "
+                          f"than 2 frames per trajectory; lower it or raise n_frames")
+    if sim.generated:
+        _check_generated(where, sim)
+    else:
+        given = [k for k in _GENERATOR_KEYS if getattr(sim, k) is not None]
+        if given:
+            source = sim.network.source if sim.network else ""
+            raise ConfigError(f"{where}: simulation.{given[0]}: set by the network "
+                              f"(simulation.network.source {source}); remove it")
     if not sim.use_mass_action:
         raise ConfigError(f"{where}: simulation.use_mass_action: only true (mass action) is "
                           f"implemented")

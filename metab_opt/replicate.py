@@ -68,8 +68,8 @@ def replicate(cfg: Config, *, seeds: Sequence[int], out: str | Path,
     and does not enter the means.
     """
     from metab_opt.objective import run_training
-    from metab_opt.simulation import load_or_build
-    from metab_opt.training import TrainingDiverged
+    from metab_opt.problem.simulation import load_or_build
+    from metab_opt.problem.training import TrainingDiverged
 
     if not seeds:
         raise ValueError("seeds: expected at least one training seed, got none")

@@ -104,6 +104,12 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
     from optuna.artifacts import FileSystemArtifactStore
 
     from metab_opt.objective import Objective, held_params
+    from metab_opt.problem.simulation import load_or_build
+
+    # The dataset before the storage: a regime that cannot be simulated (one that diverges, an
+    # SBML file refused) is a one-line error with nothing written, not a study of failed trials.
+    data_root = data_root if data_root is not None else Path(root) / "data"
+    load_or_build(cfg.simulation, data_root)
 
     # Optuna's INFO lines ("A new study created", "Trial 3 finished") would double the
     # study's own progress lines; its warnings (failed trials) stay.
@@ -136,7 +142,7 @@ def run_study(cfg: Config, *, name: str | None = None, root: str | Path = "studi
     _fail_stale_trials(study)
     logbook.sync(study)  # views missing after a crash are written from the storage
     objective = Objective(cfg, root=paths.folder,
-                          data_root=data_root if data_root is not None else Path(root) / "data",
+                          data_root=data_root,
                           device=device, artifact_store=FileSystemArtifactStore(
                               str(paths.artifacts)), progress=progress and n_jobs == 1,
                           max_steps=max_steps, plots=plots,
@@ -175,7 +181,7 @@ class _QuietFailures(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         # Looked up, not imported: the training module (torch) is loaded by the objective.
-        training = sys.modules.get("metab_opt.training")
+        training = sys.modules.get("metab_opt.problem.training")
         quiet: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
         if training is not None and hasattr(training, "TrainingDiverged"):
             quiet += (training.TrainingDiverged,)

@@ -12,10 +12,11 @@ metabolic problem, and nothing else knows it:
   explore and boundary-probe, explore first moves toward the best quarter's values (a density
   move), and the duration rule may also shorten runs);
 * the objective is ``rate_constants_R2``, maximized: converged ``R² > 0.9``, failed
-  ``R² < 0.1`` (:func:`metab_opt.metrics.classify`), a failed trial counts R² 0 (these
+  ``R² < 0.1`` (:func:`metab_opt.problem.metrics.classify`), a failed trial counts R² 0 (these
   settings, and the standard roles, are :mod:`metab_opt.trial_record`'s: the logbook and
   ``metab-opt best`` read trials with them);
-* degenerate: :func:`metab_opt.metrics.diagnose` of the trial's ``test_pearson`` user attr and
+* degenerate: :func:`metab_opt.problem.metrics.diagnose` of the trial's ``test_pearson`` user attr
+and
   its R² is ``degenerate`` or ``severely degenerate`` (good dynamics from wrong k). A large
   ``test_pearson - R²`` alone is not enough: with R² far below 0 the gap is large whatever the
   dynamics, and those runs are failed, not degenerate;
@@ -41,9 +42,9 @@ from optuna.logging import get_logger
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
-from metab_opt import joint
 from metab_opt.config import Config, Knob, SearchConfig, apply_params, load_config
-from metab_opt.metrics import diagnose
+from metab_opt.problem import joint
+from metab_opt.problem.metrics import diagnose
 from metab_opt.trial_record import CONVERGED_R2, FAILED_R2, FAILED_VALUE, standard_roles
 from metab_opt.ucbtree import (
     RECORD_KEY,
@@ -79,7 +80,7 @@ def _finite(value: Any) -> float | None:
 
 def is_degenerate(trial: FrozenTrial) -> bool:
     """The degeneracy-break rule's diagnosis: good dynamics (``test_pearson`` > 0.95) from
-    wrong k (R² <= 0.9), by the instructions' table (:func:`metab_opt.metrics.diagnose`)."""
+    wrong k (R² <= 0.9), by the instructions' table (:func:`metab_opt.problem.metrics.diagnose`)."""
     test_pearson = _finite(trial.user_attrs.get("test_pearson"))
     if test_pearson is None:
         return False
@@ -120,7 +121,7 @@ class UCBMutationSampler(UCBSampler):
         joint_types:
             The number of metabolite types to hold the joint recovery's homeostasis conditions
             for (``search.constraints: joint``): they become the trials' Optuna constraints
-            (:func:`metab_opt.joint.constraints`), and a run that misses one is never
+            (:func:`metab_opt.problem.joint.constraints`), and a run that misses one is never
             converged, whatever its R². None: no constraints.
         prior:
             Earlier studies' trials (:class:`metab_opt.ucbtree.PriorSource`; the config's
@@ -190,7 +191,7 @@ class UCBMutationSampler(UCBSampler):
                    ucb_c=search.ucb_c, seed=seed, prior=prior,
                    capped=None if max_steps is None else functools.partial(
                        _at_cap, cfg=cfg, max_steps=max_steps),
-                   joint_types=(cfg.simulation.n_metabolite_types
+                   joint_types=(len(cfg.simulation.homeostatic_lambda_per_type)
                                 if joint.asks_joint_recovery(cfg) else None))
 
 

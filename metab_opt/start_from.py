@@ -31,13 +31,19 @@ def start_from(cfg: Config, path: str | Path) -> Config:
 
     Refused in one line (ConfigError, naming the file and the key) when the file is not a valid
     config; when its network family or model differs on a key of :data:`_START_FROM_SAME`
+    (a real model's network against PDE_M1's: the model's keys only)
     (the rates, the reaction count, the network seed and the integration may differ: that is
     what a regime is); or when one of its knob values is outside ``cfg``'s range for that knob.
     """
     p = Path(path)
     where = f"--start-from {p}"
     other = load_config(p)
+    # PDE_M1's family keys say nothing about a real model's network: moving from the generated
+    # networks to a real one is what the settings are carried over for; the model must match.
+    across = not (cfg.simulation.generated and other.simulation.generated)
     for key in _START_FROM_SAME:
+        if across and key.startswith("simulation."):
+            continue
         mine, theirs = cfg.get(key), other.get(key)
         if mine != theirs:
             raise ConfigError(f"{where}: {key} is {theirs!r} there but {mine!r} in {cfg.path}: "

@@ -2,7 +2,8 @@
 problem's settings, in one place for the sampler, the logbook, ``metab-opt best`` and compare.
 
 - The objective is ``rate_constants_R2``, maximized. Converged ``R² > 0.9``, failed ``R² < 0.1``:
-  the boundaries of :func:`metab_opt.metrics.classify` (:data:`CONVERGED_R2`, :data:`FAILED_R2`),
+  the boundaries of :func:`metab_opt.problem.metrics.classify` (:data:`CONVERGED_R2`,
+  :data:`FAILED_R2`),
   applied by the sampler's :func:`~metab_opt.ucbtree.classify` (:func:`classify_r2`).
 - A failed trial counts R² :data:`FAILED_VALUE` (0) in the sampler's sums (a replicate group's
   mean, the direction memory): below the failed threshold, so a group's mean carries its
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from metab_opt.metrics import CONVERGED_R2, FAILED_R2
+from metab_opt.problem.metrics import CONVERGED_R2, FAILED_R2
 from metab_opt.ucbtree import DOWN, UP, Knob, Roles, classify, trial_value
 from metab_opt.ucbtree import read_nodes as _read_nodes
 
@@ -78,7 +79,7 @@ def trial_r2(trial: FrozenTrial) -> float | None:
 def classify_r2(r2: float | None) -> str:
     """``converged`` / ``partial`` / ``failed`` for an R² (None or not finite: failed), as the
     sampler classifies a node: :func:`metab_opt.ucbtree.classify` with the problem's
-    thresholds, which are :func:`metab_opt.metrics.classify`'s."""
+    thresholds, which are :func:`metab_opt.problem.metrics.classify`'s."""
     status = classify(r2, converged=CONVERGED_R2, failed=FAILED_R2)
     assert status is not None  # both thresholds are set
     return status

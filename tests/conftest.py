@@ -43,6 +43,6 @@ def tiny_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_cfg: Config, tiny_data_root: Path) -> Any:
     """The tiny regime's dataset, built once per session. Shared: tests must not mutate it."""
-    from metab_opt.simulation import load_or_build
+    from metab_opt.problem.simulation import load_or_build
 
     return load_or_build(tiny_cfg.simulation, tiny_data_root)[0]

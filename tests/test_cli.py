@@ -223,11 +223,11 @@ def no_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     objective = types.ModuleType("metab_opt.objective")
     objective.HEADLINE = ()  # type: ignore[attr-defined]
     objective.run_training = run_training  # type: ignore[attr-defined]
-    training = types.ModuleType("metab_opt.training")
+    training = types.ModuleType("metab_opt.problem.training")
     training.TrainingDiverged = RuntimeError  # type: ignore[attr-defined]
     training.select_device = run_training  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "metab_opt.objective", objective)
-    monkeypatch.setitem(sys.modules, "metab_opt.training", training)
+    monkeypatch.setitem(sys.modules, "metab_opt.problem.training", training)
 
 
 @pytest.mark.usefixtures("no_torch")

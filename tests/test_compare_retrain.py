@@ -123,7 +123,7 @@ class _FakeTraining:
 def fake_training(monkeypatch: pytest.MonkeyPatch) -> _FakeTraining:
     fake = _FakeTraining()
     monkeypatch.setattr(retrain_mod, "_train_once", fake)
-    monkeypatch.setattr("metab_opt.simulation.load_or_build", lambda *a, **k: (None, False))
+    monkeypatch.setattr("metab_opt.problem.simulation.load_or_build", lambda *a, **k: (None, False))
     return fake
 
 

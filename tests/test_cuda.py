@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from metab_opt.config import Config
-from metab_opt.evaluation import evaluate
 from metab_opt.objective import run_training
-from metab_opt.simulation import Dataset
-from metab_opt.training import _step_terms, build_model, select_device, train
+from metab_opt.problem.evaluation import evaluate
+from metab_opt.problem.simulation import Dataset
+from metab_opt.problem.training import _step_terms, build_model, select_device, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -49,8 +49,8 @@ def test_forward_and_gradients_match_cpu(tiny_cfg: Config, tiny_dataset: Dataset
 def test_fused_gradient_on_cuda_matches_autograd(tiny_cfg: Config,
                                                  tiny_dataset: Dataset) -> None:
     """The hand-written gradient (the eager step's path) on the GPU against autograd there."""
-    from metab_opt._fused import FusedLoss
-    from metab_opt.training import term_weights
+    from metab_opt.problem._fused import FusedLoss
+    from metab_opt.problem.training import term_weights
 
     ref = build_model(tiny_dataset, tiny_cfg, "cuda")
     ours = build_model(tiny_dataset, tiny_cfg, "cuda")
@@ -120,7 +120,7 @@ def test_cuda_graph_run_stops_on_a_non_finite_loss(tiny_cfg: Config,
                                                    tiny_dataset: Dataset) -> None:
     import dataclasses
 
-    from metab_opt.training import TrainingDiverged
+    from metab_opt.problem.training import TrainingDiverged
 
     bad = dataclasses.replace(tiny_cfg, training=dataclasses.replace(
         tiny_cfg.training, learning_rate_k=1000.0))
@@ -130,7 +130,7 @@ def test_cuda_graph_run_stops_on_a_non_finite_loss(tiny_cfg: Config,
 
 def test_bench_on_cuda_uses_the_graph(tiny_cfg: Config, tiny_data_root: Path,
                                       tiny_dataset: Dataset) -> None:
-    from metab_opt.bench import bench
+    from metab_opt.problem.bench import bench
 
     out = bench(tiny_cfg, data_root=tiny_data_root, device="cuda", steps=200)
     assert out["cuda_graph"] is True and out["steps_per_s"] > 0

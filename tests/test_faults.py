@@ -63,7 +63,7 @@ def die(what):
 
 
 if kind == "training":  # arg: the n-th training of this process, the report to die at
-    import metab_opt.training as tr
+    import metab_opt.problem.training as tr
     nth, at_report = int(arg[0]), int(arg[1])
     real_train, calls = tr.train, [0]
 
@@ -112,7 +112,7 @@ elif kind == "logbook":  # arg: the n-th entry appended, where, the fraction wri
 
 elif kind == "dataset":  # arg: where in the build
     import numpy as np
-    import metab_opt.simulation as sim
+    import metab_opt.problem.simulation as sim
     where = arg[0]
     if where == "simulate":
         real_integrate = sim.integrate
@@ -242,7 +242,7 @@ def _check_study(root: Path, *, complete: int, kills: int) -> list[Any]:
 
 def _check_dataset(data_root: Path) -> Path:
     """The dataset cache holds one whole dataset whose checksum matches its manifest."""
-    from metab_opt import simulation as sim
+    from metab_opt.problem import simulation as sim
 
     cfg = load_config(TINY)
     folder = sim.dataset_dir(cfg.simulation, data_root)
@@ -305,7 +305,7 @@ def test_sigkill_during_dataset_build_then_resume(driver: Path, tmp_path: Path) 
     """Four runs on a fresh data root killed while building the dataset — in the simulation,
     in the middle of arrays.npz, before the folder's rename, just after it — then a resume:
     no partial dataset is ever visible, the whole one is kept, not rebuilt."""
-    from metab_opt import simulation as sim
+    from metab_opt.problem import simulation as sim
 
     root, data_root = tmp_path / "root", tmp_path / "data"
     folder = sim.dataset_dir(load_config(TINY).simulation, data_root)

@@ -1,4 +1,4 @@
-"""The hand-written loss gradient (metab_opt._fused) against autograd on the same model."""
+"""The hand-written loss gradient (metab_opt.problem._fused) against autograd on the same model."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from metab_opt._fused import FusedLoss, fused_supported
 from metab_opt.config import Config
-from metab_opt.losses import LOSS_TERMS
-from metab_opt.training import (
+from metab_opt.problem._fused import FusedLoss, fused_supported
+from metab_opt.problem.losses import LOSS_TERMS
+from metab_opt.problem.training import (
     GroupAdam,
     _make_step,
     _step_terms,
@@ -33,11 +33,12 @@ def configure(cfg: Config, graph: dict[str, object], training: dict[str, object]
         training=dataclasses.replace(cfg.training, **training))
 
 
-def live_model(ds, cfg: Config, seed: int = 0):
+def live_model(ds, cfg: Config, seed: int = 0, product: str = "auto"):
     """A float64 model whose MLP_node output is not 0 and whose MLP_sub is not monotonic (at
     initialisation the first is 0 and the second happens to rise, which would leave the L1 and
-    monotonicity gradients untested)."""
-    model = build_model(ds, cfg, "cpu").double()
+    monotonicity gradients untested). ``product`` forces the graph products (auto: dense on
+    the tiny graph)."""
+    model = build_model(ds, cfg, "cpu", product=product).double()  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for last, scale in ((model.mlp_node.last, 0.3), (model.mlp_sub.last, 3.0)):
@@ -48,11 +49,12 @@ def live_model(ds, cfg: Config, seed: int = 0):
     return model
 
 
-def both_paths(ds, cfg: Config, frames: slice = slice(0, 8)):
-    """(autograd terms, autograd grads, fused terms, fused grads) on two copies of one model."""
+def both_paths(ds, cfg: Config, frames: slice = slice(0, 8), product: str = "auto"):
+    """(autograd terms, autograd grads, fused terms, fused grads) on two copies of one model,
+    both with the graph products ``product``."""
     c = torch.as_tensor(ds.x[frames], dtype=torch.float64)
     y = torch.as_tensor(ds.y[frames], dtype=torch.float64)
-    ref, ours = live_model(ds, cfg), live_model(ds, cfg)
+    ref, ours = live_model(ds, cfg, product=product), live_model(ds, cfg, product=product)
     terms = _step_terms(ref, c, y, cfg, cfg.simulation.log_k_center)
     (terms * term_weights(cfg).double()).sum().backward()
     fused = FusedLoss(ours, cfg)
@@ -63,15 +65,20 @@ def both_paths(ds, cfg: Config, frames: slice = slice(0, 8)):
     return terms.detach(), grads, got, fused_grads
 
 
+@pytest.mark.parametrize("product", ["dense", "sparse"])
 @pytest.mark.parametrize("coeffs", ["all", "none"])
 @pytest.mark.parametrize("through_origin", [False, True])
 @pytest.mark.parametrize("aggr", ["mul", "add"])
 def test_fused_terms_and_gradients_match_autograd(tiny_cfg, tiny_dataset, aggr: str,
-                                                  through_origin: bool, coeffs: str) -> None:
+                                                  through_origin: bool, coeffs: str,
+                                                  product: str) -> None:
+    """Each graph product (dense GEMMs, or CSR on a large graph, forced here on the tiny one):
+    the hand-written gradient against autograd through the same product (tests/test_sparse.py
+    crosses them)."""
     training = ALL_ON if coeffs == "all" else {k: 0.0 for k in ALL_ON if k.startswith("coeff")}
     cfg = configure(tiny_cfg, {"aggr_type": aggr, "sub_through_origin": through_origin},
                     training)
-    terms, grads, got, fused_grads = both_paths(tiny_dataset, cfg)
+    terms, grads, got, fused_grads = both_paths(tiny_dataset, cfg, product=product)
     torch.testing.assert_close(got, terms, rtol=1e-10, atol=1e-12)
     if coeffs == "all":
         assert (terms[1:] != 0).all()  # every regularizer takes part
@@ -99,12 +106,13 @@ def test_fused_matches_autograd_for_other_shapes(tiny_cfg, tiny_dataset,
         torch.testing.assert_close(fused_grads[name], g, rtol=1e-9, atol=1e-12, msg=name)
 
 
-def test_fused_gradient_zero_where_mul_clamps(tiny_cfg, tiny_dataset) -> None:
+@pytest.mark.parametrize("product", ["dense", "sparse"])
+def test_fused_gradient_zero_where_mul_clamps(tiny_cfg, tiny_dataset, product: str) -> None:
     """Below the 1e-8 floor of the product aggregation the pair gets no gradient, as with
     autograd's clamp: f(0, s) is exactly 0 with through-origin, so frames of zeros hit it."""
     cfg = configure(tiny_cfg, {"sub_through_origin": True}, ALL_ON)
     ds = dataclasses.replace(tiny_dataset, x=tiny_dataset.x * 0.0)
-    terms, grads, got, fused_grads = both_paths(ds, cfg)
+    terms, grads, got, fused_grads = both_paths(ds, cfg, product=product)
     assert torch.isfinite(got).all()
     for name, g in grads.items():
         torch.testing.assert_close(fused_grads[name], g, rtol=1e-9, atol=1e-12, msg=name)

@@ -1,4 +1,5 @@
-"""The joint recovery's metrics, its classification and its constraints (metab_opt.joint), and
+"""The joint recovery's metrics, its classification and its constraints (metab_opt.problem.joint),
+and
 the UCB sampler's rule that a run violating a constraint is never converged."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from metab_opt import joint
 from metab_opt.config import load_config
+from metab_opt.problem import joint
 from metab_opt.ucbtree import UCBSampler
 from metab_opt.ucbtree._optuna_internals import constraints_of
 from metab_opt.ucbtree._record import CONVERGED, PARTIAL

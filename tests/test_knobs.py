@@ -81,7 +81,7 @@ def _terms_after_a_few_steps(cfg: Config, dataset: Any) -> np.ndarray:
     """The weighted loss terms of the first steps of the trainer's own step, and log_k after."""
     import torch
 
-    from metab_opt.training import _make_step, build_model, term_weights
+    from metab_opt.problem.training import _make_step, build_model, term_weights
 
     model = build_model(dataset, cfg, "cpu")
     _live(model, seed=0)
@@ -101,7 +101,7 @@ PHASE_KNOBS = ("homeostasis_phase", "homeostasis_lr_factor")
 
 def _a_short_run(cfg: Config, dataset: Any) -> np.ndarray:
     """The weighted loss history and log_k of a whole training run of STEPS steps."""
-    from metab_opt.training import TERMS, train
+    from metab_opt.problem.training import TERMS, train
 
     res = train(dataset, cfg, device="cpu", max_steps=STEPS, history_points=STEPS)
     rows = [res.history[name] for name in TERMS]

@@ -143,3 +143,49 @@ def test_no_cycle_in_a_clean_package(tmp_path: Path) -> None:
     graph = import_graph(root, "pkg")
     assert graph == {"pkg": {"pkg.a"}, "pkg.a": {"pkg.b"}, "pkg.b": set()}
     assert find_cycle(graph) is None
+
+
+# What the problem side (DESIGN.md, "Layout") may import from outside its folder: the typed
+# config it is built from, and the package's small leaf helpers. Never the runner (storage,
+# study, objective, logbook, compare, ...) nor the sampler.
+PROBLEM = f"{PACKAGE}.problem"
+PROBLEM_MAY_IMPORT = {PACKAGE, f"{PACKAGE}.config", f"{PACKAGE}._config_checks",
+                      f"{PACKAGE}._figure", f"{PACKAGE}._io", f"{PACKAGE}._yaml"}
+
+
+def test_the_problem_side_imports_nothing_above_it() -> None:
+    graph = import_graph(ROOT, PACKAGE)
+    problem = {m for m in graph if m == PROBLEM or m.startswith(PROBLEM + ".")}
+    assert {f"{PROBLEM}.model", f"{PROBLEM}.simulation"} <= problem  # the walk found the folder
+    up = {f"{m} -> {t}" for m in problem for t in graph[m]
+          if t not in problem and t not in PROBLEM_MAY_IMPORT}
+    assert not up, f"the problem side imports the layers above it: {sorted(up)}"
+
+
+def _imports_torch(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                 else [])
+        if any(n == "torch" or n.startswith(("torch.", "torch_geometric")) for n in names):
+            return True
+    return False
+
+
+def test_the_torch_free_layers_reach_no_torch_module() -> None:
+    """The sampler, the logbook and the trial record import without torch: nothing they import,
+    at any depth, imports torch (numpy-only problem modules such as the metrics are fine)."""
+    graph = import_graph(ROOT, PACKAGE)
+    paths = _modules(ROOT, PACKAGE)
+    torch_mods = {m for m, p in paths.items() if _imports_torch(p)}
+    assert f"{PROBLEM}.model" in torch_mods  # the scan sees torch imports
+    for light in (f"{PACKAGE}.ucbtree", f"{PACKAGE}.logbook", f"{PACKAGE}.trial_record"):
+        seen: set[str] = set()
+        todo = [m for m in graph if m == light or m.startswith(light + ".")]
+        assert todo
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+        assert not seen & torch_mods, f"{light} reaches torch through {sorted(seen & torch_mods)}"

@@ -741,7 +741,7 @@ def test_tree_is_drawn_and_a_failing_plot_costs_nothing(
         calls.append(nodes)
         Path(path).write_bytes(b"\x89PNG fake")
 
-    monkeypatch.setitem(sys.modules, "metab_opt.plots",
+    monkeypatch.setitem(sys.modules, "metab_opt.tree_plot",
                         types.SimpleNamespace(plot_exploration_tree=plot))
     book = make_logbook(tmp_path, config, draw_tree=True)
     study = optuna.create_study(direction="maximize", study_name="demo")
@@ -755,7 +755,7 @@ def test_tree_is_drawn_and_a_failing_plot_costs_nothing(
     def broken(path: Path, nodes: list[dict[str, Any]]) -> None:
         raise RuntimeError("no display")
 
-    monkeypatch.setitem(sys.modules, "metab_opt.plots",
+    monkeypatch.setitem(sys.modules, "metab_opt.tree_plot",
                         types.SimpleNamespace(plot_exploration_tree=broken))
     with caplog.at_level(logging.WARNING, logger="metab_opt.logbook"):
         run_trials(study, Explorer(config), 1, [book])
@@ -790,7 +790,7 @@ def test_with_the_real_sampler(tmp_path: Path, config: Config,
     sampler_module = pytest.importorskip("metab_opt.sampler")
     if not hasattr(sampler_module, "UCBMutationSampler"):
         pytest.skip("metab_opt.sampler is not complete yet")
-    monkeypatch.setitem(sys.modules, "metab_opt.plots", None)  # the tree is tested above
+    monkeypatch.setitem(sys.modules, "metab_opt.tree_plot", None)  # the tree is tested above
     sampler = sampler_module.UCBMutationSampler.from_config(config, seed=0)
     study = optuna.create_study(direction="maximize", study_name="demo", sampler=sampler)
     book = make_logbook(tmp_path, config, ucb_scores=None, next_parent=None)

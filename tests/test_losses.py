@@ -1,4 +1,4 @@
-"""The loss-term registry (metab_opt.losses): every registered term, generically.
+"""The loss-term registry (metab_opt.problem.losses): every registered term, generically.
 
 A term added to ``LOSS_TERMS`` is tested here with no test to write: its hand-written gradient
 against autograd on its own variable, then through the whole model (the fused step against the
@@ -13,10 +13,17 @@ import pytest
 import torch
 
 from metab_opt import config as config_mod
-from metab_opt._fused import FusedLoss
 from metab_opt.config import Config, TrainingConfig
-from metab_opt.losses import LOSS_TERMS, TERM_NAMES, VARIABLES, LossInputs, LossTerm, weights
-from metab_opt.training import TERMS, _step_terms, build_model, term_weights
+from metab_opt.problem._fused import FusedLoss
+from metab_opt.problem.losses import (
+    LOSS_TERMS,
+    TERM_NAMES,
+    VARIABLES,
+    LossInputs,
+    LossTerm,
+    weights,
+)
+from metab_opt.problem.training import TERMS, _step_terms, build_model, term_weights
 
 REGULARIZERS = [t for t in LOSS_TERMS if t.weight is not None]
 ALL_TERMS = [pytest.param(t, id=t.name) for t in LOSS_TERMS]

@@ -1,4 +1,4 @@
-"""Unit tests of metab_opt.metrics on hand-made arrays."""
+"""Unit tests of metab_opt.problem.metrics on hand-made arrays."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from metab_opt import metrics as m
+from metab_opt.problem import metrics as m
 
 RATE_KEYS = {
     "rate_constants_R2",
@@ -372,7 +372,7 @@ def test_pure_numpy_import() -> None:
     import sys
 
     code = (
-        "import sys, metab_opt.metrics; "
+        "import sys, metab_opt.problem.metrics; "
         "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metab_opt.config import GraphModelConfig
-from metab_opt.model import CHG, MLP, SUB, MetabolismGNN, build_graph
+from metab_opt.problem.model import CHG, MLP, SUB, MetabolismGNN, build_graph
 
 # 3 metabolites, 2 reactions:
 #   r0: m0 + 2 m1 -> 3 m2    substrates m0 (|s| = 1) and m1 (|s| = 2)
@@ -31,11 +31,14 @@ def graph_config(**kw: object) -> GraphModelConfig:
 
 
 def make_model(*, seed: int = 0, live_node: bool = True, S: np.ndarray = S,
-               power: np.ndarray = POWER, **kw: object) -> MetabolismGNN:
+               power: np.ndarray = POWER, product: str = "auto",
+               **kw: object) -> MetabolismGNN:
     """A model on a hand graph. ``live_node`` gives MLP_node a non-zero output (it starts at 0)
-    so that the homeostasis term takes part in the checks."""
+    so that the homeostasis term takes part in the checks. ``product`` forces the dense or the
+    sparse products (auto: dense on every graph here)."""
     model = MetabolismGNN(build_graph(S, power), graph_config(**kw), log_k_center=-1.0,
-                          seed=seed, sub_grid_max=5.0, sub_grid_points=11)
+                          seed=seed, sub_grid_max=5.0, sub_grid_points=11,
+                          product=product)  # type: ignore[arg-type]
     if live_node:
         gen = torch.Generator().manual_seed(seed + 100)
         last = model.mlp_node.last
@@ -110,14 +113,15 @@ def test_mlp_shape(n_layers: int) -> None:
 # ------------------------------------------------------------------------- the forward pass
 
 
-@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("path", ["dense", "sparse", "reference"])
 @pytest.mark.parametrize("through_origin", [False, True])
 @pytest.mark.parametrize("aggr", ["mul", "add"])
-def test_forward_matches_hand_computation(aggr: str, through_origin: bool, dense: bool) -> None:
-    model = make_model(aggr_type=aggr, sub_through_origin=through_origin).double()
+def test_forward_matches_hand_computation(aggr: str, through_origin: bool, path: str) -> None:
+    model = make_model(aggr_type=aggr, sub_through_origin=through_origin,
+                       product="dense" if path == "reference" else path).double()
     c = frames(5).double()
     with torch.no_grad():
-        got = model.forward_parts(c, dense=dense).dcdt
+        got = model.forward_parts(c, reference=path == "reference").dcdt
         want = torch.stack([hand_dcdt(model, ci) for ci in c])
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
@@ -149,26 +153,30 @@ def test_substrate_function_matches_forward_pieces(aggr: str, through_origin: bo
     assert grid[0] == 0.0 and grid[-1] == pytest.approx(5.0) and grid.numel() == 11
 
 
+@pytest.mark.parametrize("product", ["dense", "sparse"])
 @pytest.mark.parametrize("through_origin", [False, True])
 @pytest.mark.parametrize("aggr", ["mul", "add"])
 @pytest.mark.parametrize("batch", [1, 6, 33])
-def test_dense_and_scatter_paths_agree(batch: int, aggr: str, through_origin: bool) -> None:
-    model = make_model(aggr_type=aggr, sub_through_origin=through_origin)
+def test_products_and_scatter_paths_agree(batch: int, aggr: str, through_origin: bool,
+                                          product: str) -> None:
+    model = make_model(aggr_type=aggr, sub_through_origin=through_origin, product=product)
     c = frames(batch)
     with torch.no_grad():
-        dense = model.forward_parts(c, dense=True).dcdt
-        sparse = model.forward_parts(c, dense=False).dcdt
-    torch.testing.assert_close(dense, sparse, rtol=1e-6, atol=1e-6)
+        fast = model.forward_parts(c).dcdt
+        reference = model.forward_parts(c, reference=True).dcdt
+    torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("product", ["dense", "sparse"])
 @pytest.mark.parametrize("aggr", ["mul", "add"])
-def test_dense_and_scatter_agree_on_tiny_graph(tiny_dataset, aggr: str) -> None:
+def test_products_and_scatter_agree_on_tiny_graph(tiny_dataset, aggr: str,
+                                                  product: str) -> None:
     model = make_model(S=tiny_dataset.S, power=tiny_dataset.substrate_power, aggr_type=aggr,
-                       sub_through_origin=True)
+                       sub_through_origin=True, product=product)
     c = torch.as_tensor(tiny_dataset.x[:16], dtype=torch.float32)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_parts(c).dcdt,
-                                   model.forward_parts(c, dense=False).dcdt,
+                                   model.forward_parts(c, reference=True).dcdt,
                                    rtol=1e-5, atol=1e-6)
 
 
@@ -328,7 +336,7 @@ def test_fused_mlp_matches_layer_by_layer_and_gradcheck(n_in: int, n_layers: int
     """The one-node MLP (hand-written backward) equals nn.Sequential's Linear/Tanh chain."""
     from torch import nn
 
-    from metab_opt.model import MLP
+    from metab_opt.problem.model import MLP
 
     torch.manual_seed(0)
     mlp = MLP(n_in, 8, n_layers).double()

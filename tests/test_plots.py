@@ -12,7 +12,8 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.markers import MarkerStyle
 
-from metab_opt import plots, tree_plot
+from metab_opt import tree_plot
+from metab_opt.problem import network_plot, plots
 from metab_opt.sampler import STRATEGIES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -24,7 +25,7 @@ def _is_png(path: Path) -> bool:
 
 def test_no_torch_or_pyplot_import() -> None:
     code = (
-        "import sys, metab_opt.metrics, metab_opt.plots; "
+        "import sys, metab_opt.problem.metrics, metab_opt.problem.plots; "
         "bad = [m for m in ('torch', 'matplotlib.pyplot') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -77,7 +78,7 @@ def test_plot_kinograph(tmp_path: Path) -> None:
 
 def test_plot_tree_single_node(tmp_path: Path) -> None:
     nodes = [{"node": 0, "parent": None, "r2": 0.5, "mutation": "", "strategy": "", "block": 0}]
-    assert _is_png(plots.plot_exploration_tree(tmp_path / "tree1.png", nodes))
+    assert _is_png(tree_plot.plot_exploration_tree(tmp_path / "tree1.png", nodes))
 
 
 def test_plot_tree_two_blocks(tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_plot_tree_two_blocks(tmp_path: Path) -> None:
                 "block": block,
             }
         )
-    assert _is_png(plots.plot_exploration_tree(tmp_path / "tree20.png", nodes))
+    assert _is_png(tree_plot.plot_exploration_tree(tmp_path / "tree20.png", nodes))
 
 
 @pytest.mark.parametrize("n", [60])
@@ -115,7 +116,7 @@ def test_plot_tree_many_and_unknown_parent(tmp_path: Path, n: int) -> None:
         }
         for i in range(n)
     ]
-    assert _is_png(plots.plot_exploration_tree(tmp_path / "tree60.png", nodes))
+    assert _is_png(tree_plot.plot_exploration_tree(tmp_path / "tree60.png", nodes))
 
 
 # --- what the figures show ----------------------------------------------------------------
@@ -285,3 +286,104 @@ def test_plot_rollout_traces_splits_the_panels_over_the_types(tmp_path: Path) ->
     assert titles == ["metabolite 6 (type 0)", "metabolite 4 (type 0)",
                       "metabolite 7 (type 1)", "metabolite 5 (type 1)"]
     assert "test_pearson 0.970" in fig.texts[0].get_text()
+
+
+# The network picture (metab_opt.problem.network_plot).
+
+def _tiny_network() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """a -> b (R0), b + c -> d (R1), d -> a + c (R2): 4 metabolites, 3 reactions."""
+    S = np.array([[-1, 0, 1], [1, -1, 0], [0, -1, 1], [0, 1, -1]])
+    return S, np.where(S < 0, -S, 0), np.array([-1.0, -1.5, -2.0])
+
+
+def _network_args(learned: np.ndarray, **kw: object) -> dict[str, object]:
+    S, power, true = _tiny_network()
+    return {"S": S, "substrate_power": power, "log_k_true": true, "log_k_learned": learned, **kw}
+
+
+NAMED = {"metabolite_names": ("a_c", "b_c", "c_e", "d_e"),
+         "reaction_names": ("AB", "BCD", "DAC"), "metabolite_type": [0, 0, 1, 1]}
+
+
+def test_network_module_imports_neither_torch_nor_pyplot() -> None:
+    code = ("import sys, metab_opt.problem.network_plot; "
+            "bad = [m for m in ('torch', 'matplotlib.pyplot') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plot_network_tiny_with_names(tmp_path: Path) -> None:
+    learned = np.array([-0.9, -2.0, -2.0])  # errors +0.1, -0.5, 0
+    out = network_plot.plot_network(tmp_path / "results" / "network.png",
+                                    **_network_args(learned, **NAMED, label_top=1))
+    assert _is_png(out) and out == tmp_path / "results" / "network.png"
+    fig = network_plot.network_figure(**_network_args(learned, **NAMED, label_top=1))
+    ax, cbar_ax = fig.axes  # the graph and its colour bar
+    assert "R² of log k" in ax.get_title() and "4 metabolites, 3 reactions" in ax.get_title()
+    texts = [t.get_text() for t in ax.texts]
+    assert "BCD (-0.50)" in texts  # the worst reaction, by name, with its error
+    assert not {"AB (+0.10)", "DAC (+0.00)"} & set(texts)  # label_top=1
+    assert {"a_c", "b_c", "c_e", "d_e"} <= set(texts)  # small networks name the metabolites
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["c cytosol (2 met.)", "e extracellular (2 met.)",
+                      "reaction (colour: error)"]
+    reactions = ax.collections[-1]  # drawn last, above the metabolites
+    assert len(reactions.get_offsets()) == 3
+    assert reactions.norm.vmin == -reactions.norm.vmax > -0.51  # symmetric, clipped at p98
+    assert "No hub metabolite" in ax.get_xlabel()
+
+
+def test_plot_network_is_deterministic(tmp_path: Path) -> None:
+    learned = np.array([-1.3, -1.1, -2.4])
+    a = network_plot.plot_network(tmp_path / "a.png", **_network_args(learned, **NAMED))
+    b = network_plot.plot_network(tmp_path / "b.png", **_network_args(learned, **NAMED))
+    assert a.read_bytes() == b.read_bytes()
+    edges = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5]])
+    assert np.array_equal(network_plot.layout(6, edges), network_plot.layout(6, edges))
+
+
+def test_plot_network_without_names_or_types(tmp_path: Path) -> None:
+    learned = np.array([-1.0, -1.5, np.nan])  # a learned k that ran away
+    out = network_plot.plot_network(tmp_path / "n.png", **_network_args(learned))
+    assert _is_png(out)
+    ax = network_plot.network_figure(**_network_args(learned)).axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[0] == "R2 (nan)"  # the non-finite one first, named by its index
+    assert not {"M0", "a_c"} & set(texts)  # no metabolite labels without names
+    assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "type 0 (4 met.)"
+    assert "R² of log k nan" in ax.get_title()
+
+
+def test_plot_network_leaves_the_hub_out(tmp_path: Path) -> None:
+    # 12 reactions x_i + h -> y_i: h takes part in all of them, the others in one each.
+    n = 12
+    S = np.zeros((1 + 2 * n, n), dtype=np.int64)
+    S[0, :] = -1
+    S[1 + np.arange(n), np.arange(n)] = -1
+    S[1 + n + np.arange(n), np.arange(n)] = 1
+    names = ("h_c", *(f"x{i}_c" for i in range(n)), *(f"y{i}_c" for i in range(n)))
+    args = {"S": S, "substrate_power": np.where(S < 0, 1, 0), "log_k_true": np.zeros(n),
+            "log_k_learned": np.linspace(-0.5, 0.5, n), "metabolite_names": names}
+    assert _is_png(network_plot.plot_network(tmp_path / "hub.png", **args))
+    ax = network_plot.network_figure(**args).axes[0]
+    assert "hubs (in more than 10 reactions each): h_c (12)" in ax.get_xlabel()
+    metabolites, reactions = ax.collections[-2], ax.collections[-1]
+    assert len(metabolites.get_offsets()) == 2 * n and len(reactions.get_offsets()) == n
+    assert "h_c" not in [t.get_text() for t in ax.texts]
+    kept = network_plot.network_figure(**args, hub_degree=12).axes[0]
+    assert len(kept.collections[-2].get_offsets()) == 2 * n + 1
+
+
+def test_plot_network_too_large_is_a_summary(tmp_path: Path) -> None:
+    n_met, n_reac = 700, network_plot.MAX_NODES  # over the limit: no layout
+    rng = np.random.default_rng(0)
+    S = np.zeros((n_met, n_reac))
+    S[rng.integers(0, n_met, n_reac), np.arange(n_reac)] = -1.0
+    S[rng.integers(0, n_met, n_reac), np.arange(n_reac)] += 1.0
+    true = rng.uniform(-2, -1, n_reac)
+    learned = true + rng.normal(0, 0.1, n_reac)
+    fig = network_plot.network_figure(S, np.where(S < 0, 1.0, 0.0), true, learned)
+    assert "not drawn as a graph" in fig.get_suptitle()
+    assert len(fig.axes[1].get_yticklabels()) == 20  # the worst reactions, by name
+    assert _is_png(network_plot.plot_network(tmp_path / "big.png", S, np.where(S < 0, 1.0, 0.0),
+                                             true, learned))

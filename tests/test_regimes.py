@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from metab_opt import simulation as sim
 from metab_opt.config import ConfigError, load_config
+from metab_opt.problem import simulation as sim
 from metab_opt.start_from import start_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_study_start_from_a_bad_file_exit_2_one_line_nothing_written(tmp_path: P
 def test_the_rollout_integrates_like_the_simulator() -> None:
     import torch
 
-    from metab_opt.evaluation import rollout
+    from metab_opt.problem.evaluation import rollout
 
     class Decay(torch.nn.Module):
         def forward(self, c: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""metab_opt.simulation: the network builder, Euler, the oracle ceiling and the dataset cache."""
+"""metab_opt.problem.simulation: the network builder, Euler, the oracle ceiling and the dataset
+cache."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 
 from metab_opt import __version__
-from metab_opt import simulation as sim
 from metab_opt.config import ConfigError, SimulationConfig, load_config
+from metab_opt.problem import simulation as sim
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY = load_config(CONFIGS / "tiny.yaml").simulation

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from metab_opt import metrics as M
 from metab_opt.config import Config
-from metab_opt.evaluation import evaluate, rollout
-from metab_opt.losses import LOSS_TERMS
 from metab_opt.objective import HEADLINE, run_training
-from metab_opt.simulation import Dataset
-from metab_opt.training import (
+from metab_opt.problem import metrics as M
+from metab_opt.problem.evaluation import evaluate, rollout
+from metab_opt.problem.losses import LOSS_TERMS
+from metab_opt.problem.simulation import Dataset
+from metab_opt.problem.training import (
     TERMS,
     GroupAdam,
     Report,
@@ -41,6 +41,7 @@ PNGS = ("tmp_training/function/substrate_func/MLP_sub_{step:07d}.png",
         "tmp_training/loss.png",
         "results/kinograph.png",
         "results/rollout_traces.png",
+        "results/network.png",
         "tmp_training/embedding/embedding_{step:07d}.png")
 
 
@@ -197,7 +198,7 @@ def test_group_adam_takes_assigned_gradients_and_skips_missing_ones() -> None:
 
 def fused_step(model, opt, ds: Dataset, cfg: Config, idx) -> None:
     """take_step through the hand-written gradient instead of autograd."""
-    from metab_opt._fused import FusedLoss
+    from metab_opt.problem._fused import FusedLoss
 
     loss = FusedLoss(model, cfg)
     loss.forward(*as_tensors(ds, idx))
@@ -493,8 +494,8 @@ def test_huge_learning_rate_diverges_cleanly(tiny_cfg, tiny_dataset) -> None:
 @pytest.mark.parametrize("term", TERMS)
 def test_divergence_names_the_term(monkeypatch, tiny_cfg, tiny_dataset, term: str,
                                    fused: bool) -> None:
-    import metab_opt.training as T
-    from metab_opt._fused import FusedLoss
+    import metab_opt.problem.training as T
+    from metab_opt.problem._fused import FusedLoss
 
     real = FusedLoss.forward if fused else T._step_terms
     calls = {"n": 0}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metab_opt.config import Config
-from metab_opt.training import (
+from metab_opt.problem.training import (
     TERMS,
     _make_step,
     _step_terms,

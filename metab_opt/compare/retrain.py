@@ -98,7 +98,7 @@ def _train_once(config: Config, seed: int, *, out_dir: Path, data_root: str | Pa
                 device: str, max_steps: int | None, dataset: Any) -> RetrainRun:
     """One retrain; a diverged run (or one with no finite R²) is a failed run, not an error."""
     from metab_opt.objective import run_training
-    from metab_opt.training import TrainingDiverged
+    from metab_opt.problem.training import TrainingDiverged
 
     t0 = time.perf_counter()
     try:
@@ -141,7 +141,7 @@ def retrain_incumbent(cfg: Config, storage: Any, study_name: str, *, n_trials: i
     say(f"incumbent {_describe(record)}: training it again with seed"
         f"{'s' if len(record.missing) > 1 else ''} {', '.join(map(str, record.missing))}"
         f"{f' (at most {max_steps:,} steps)' if max_steps else ''}")
-    from metab_opt.simulation import load_or_build
+    from metab_opt.problem.simulation import load_or_build
 
     dataset = load_or_build(config.simulation, data_root)[0]
     for seed in record.missing:

@@ -8,7 +8,7 @@ After every finished trial (complete, pruned or failed) the :class:`Logbook` cal
   importances, best configurations, block summaries, the current block, open questions), never
   longer than :data:`MEMORY_MAX_LINES` lines (:mod:`._memory`);
 - rewrites ``<dir>/ucb_scores.txt``, the current block's UCB table;
-- draws ``<dir>/exploration_tree.png`` through :func:`metab_opt.plots.plot_exploration_tree`;
+- draws ``<dir>/exploration_tree.png`` through :func:`metab_opt.tree_plot.plot_exploration_tree`;
 - stores the memory text as the study's optuna-dashboard note, each entry as its trial's note,
   and (given an artifact store) the tree and the analysis log as study artifacts
   (:mod:`metab_opt.dashboard_views`).

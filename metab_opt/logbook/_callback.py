@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial
 
 from metab_opt._io import atomic_write
 from metab_opt.dashboard_views import DashboardViews
-from metab_opt.joint import asks_joint_recovery
+from metab_opt.problem.joint import asks_joint_recovery
 from metab_opt.trial_record import own_trials, seed_knob
 
 from ._entry import format_entry, format_ucb_scores, tree_nodes
@@ -335,7 +335,7 @@ class Logbook:
 
     def _draw_tree(self, trials: Sequence[FrozenTrial]) -> None:
         try:
-            from metab_opt.plots import plot_exploration_tree
+            from metab_opt.tree_plot import plot_exploration_tree
         except ImportError as exc:
             self._warn("tree-import", f"logbook: no exploration tree ({exc})")
             return

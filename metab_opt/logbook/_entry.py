@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from metab_opt.joint import asks_joint_recovery, joint_summary
+from metab_opt.problem.joint import asks_joint_recovery, joint_summary
 from metab_opt.ucbtree import (
     ATTR_BLOCK,
     ATTR_MUTATION,
@@ -106,7 +106,7 @@ def _metrics_line(trial: FrozenTrial) -> str:
 def _observation(trial: FrozenTrial, parent: FrozenTrial | None,
                  best_before: tuple[int, float] | None, *, joint: bool) -> str:
     """One computed line: what changed against the parent, the diagnosis, the joint recovery's
-    verdict (:func:`metab_opt.joint.joint_summary`) where the study asks for it (``joint``),
+    verdict (:func:`metab_opt.problem.joint.joint_summary`) where the study asks for it (``joint``),
     scale ambiguity (shifted R² > 0.9 with R² < 0.9), the record."""
     parts: list[str] = []
     r2 = trial_r2(trial)
@@ -168,7 +168,8 @@ def format_entry(trial: FrozenTrial, *, parent: FrozenTrial | None = None,
     :meth:`metab_opt.logbook.Logbook._next_parent`); ``base_params`` the config's knob values,
     against which extra knobs are shown; ``config`` supplies the values of log-form knobs that
     the study does not search; ``joint`` whether the Observation shows the joint recovery's
-    verdict (None: where ``config`` asks for it, :func:`metab_opt.joint.asks_joint_recovery`).
+    verdict (None: where ``config`` asks for it,
+    :func:`metab_opt.problem.joint.asks_joint_recovery`).
     """
     if base_params is None and config is not None:
         base_params = config.base_params()
@@ -244,7 +245,7 @@ def format_ucb_scores(rows: Sequence[Mapping[str, Any]], *, block: int | None = 
 
 def tree_nodes(trials: Iterable[FrozenTrial], *, n_iter_block: int | None = None
                ) -> list[dict[str, Any]]:
-    """The nodes that :func:`metab_opt.plots.plot_exploration_tree` draws (finished trials)."""
+    """The nodes that :func:`metab_opt.tree_plot.plot_exploration_tree` draws (finished trials)."""
     return [
         {"node": node_id(t), "parent": parent_id(t), "r2": trial_r2(t),
          "mutation": t.user_attrs.get(ATTR_MUTATION),

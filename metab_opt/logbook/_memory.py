@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial, TrialState
 
 from metab_opt import trial_record
-from metab_opt.joint import joint_summary
+from metab_opt.problem.joint import joint_summary
 from metab_opt.trial_record import FAILED_VALUE, SEED_BY_NAME, own_trials
 from metab_opt.ucbtree import (
     ATTR_MUTATION,
@@ -467,7 +467,7 @@ def render_memory(trials: Sequence[FrozenTrial], *, study_name: str,
     categorical knobs; ``importances`` the result of :func:`param_importances`; ``seed_knob``
     the training seed's knob (the config's ``search.roles``; default: a knob named ``seed``,
     None: no seed knob); ``joint`` whether the study asks for the joint recovery
-    (:func:`metab_opt.joint.asks_joint_recovery`): only then do the best configurations show
+    (:func:`metab_opt.problem.joint.asks_joint_recovery`): only then do the best configurations show
     its verdict, since in a k-only study the homeostasis it never asked for would read as a
     failure of k; ``prior`` the sampler's account of its prior (each earlier study, its weight
     and what it says of each knob: :meth:`metab_opt.ucbtree.UCBSampler.prior_report`), a

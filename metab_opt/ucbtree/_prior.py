@@ -210,8 +210,9 @@ class FittedPrior:
             preds.append(study_model.loo_means()[recent])
         else:
             preds.append(np.zeros(len(recent)))  # the flat guess: every pair a tie
-        truth = np.sign(scores[:, None] - scores[None, :])
-        truth[np.isnan(truth)] = 0.0  # two failed trials: no order
+        with np.errstate(invalid="ignore"):  # -inf - -inf: two failed trials, no order
+            truth = np.sign(scores[:, None] - scores[None, :])
+        truth[np.isnan(truth)] = 0.0
         losses = []
         for pred in preds:
             guess = np.sign(pred[:, None] - pred[None, :])

@@ -4,6 +4,7 @@ well they order the new study's own trials; a misleading one fades."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,19 @@ def test_weights_start_even_and_follow_the_ranking() -> None:
         points.append((p, truth(p)))
     assert good.weights(points, None, 7).total > 0.9
     assert bad.weights(points, None, 7).total < 0.05  # a reversed prior fades at once
+
+
+def test_failed_trials_count_as_worst_without_a_warning() -> None:
+    good = fitted(source(1.0))
+    rng = np.random.default_rng(4)
+    points: list[tuple[dict[str, Any], float | None]] = []
+    for i in range(6):
+        p = dict(BASE, lr=float(10 ** rng.uniform(-4, -2)))
+        points.append((p, None if i < 2 else truth(p)))  # two failed: no order between them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = good.weights(points, None, 7)
+    assert 0.0 <= w.total <= 1.0 and w.pairs == 6 * 5 - 2  # every ordered pair but the tie
 
 
 def test_a_source_that_shares_no_knob_is_refused() -> None:

@@ -3,7 +3,7 @@
 One step draws ``batch_size`` random training frames, runs them through the model in one batched
 pass, and takes an Adam step on ``Σ_t w_t · term_t``, the prediction MSE of dc/dt plus the
 weighted regularizers: the terms, their weights' config keys and their gradients are declared
-once, in :mod:`metab_opt.losses` (:data:`~metab_opt.losses.LOSS_TERMS`).
+once, in :mod:`metab_opt.problem.losses` (:data:`~metab_opt.problem.losses.LOSS_TERMS`).
 
 Parameter groups: log_k -> learning_rate_k; MLP_node and the embeddings -> learning_rate_node
 (the embeddings -> learning_rate_embedding when it is set); MLP_sub -> learning_rate_sub; anything
@@ -25,7 +25,7 @@ CPU the non-finite check runs every step, where it costs nothing).
 
 The step (:func:`_make_step`) takes one of three paths, all the same update: on a GPU, one
 autograd step captured as a CUDA graph and replayed (:class:`_GraphedStep`); otherwise the loss
-with its hand-written gradient (:mod:`metab_opt._fused`), or, for a model that path does not
+with its hand-written gradient (:mod:`metab_opt.problem._fused`), or, for a model that path does not
 cover (a one-layer MLP), autograd. Both eager paths use :class:`GroupAdam`.
 """
 
@@ -38,19 +38,19 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from metab_opt import losses
-from metab_opt import metrics as M
-from metab_opt._fused import FusedLoss, fused_supported
 from metab_opt.config import Config
-from metab_opt.losses import LossInputs
-from metab_opt.model import MetabolismGNN, build_graph
-from metab_opt.simulation import Dataset
+from metab_opt.problem import losses
+from metab_opt.problem import metrics as M
+from metab_opt.problem._fused import FusedLoss, fused_supported
+from metab_opt.problem.losses import LossInputs
+from metab_opt.problem.model import MetabolismGNN, Product, build_graph
+from metab_opt.problem.simulation import Dataset
 
 __all__ = [
     "TERMS",
@@ -114,11 +114,20 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def build_model(ds: Dataset, cfg: Config, device: torch.device | str = "cpu") -> MetabolismGNN:
+def build_model(ds: Dataset, cfg: Config, device: torch.device | str = "cpu", *,
+                product: Product | Literal["auto"] = "auto") -> MetabolismGNN:
+    """A fresh model of the dataset's network on ``device``.
+
+    ``product`` (dense, sparse or auto; ``MetabolismGNN``): auto is the size rule of
+    :func:`~metab_opt.problem.model.choose_product` on the CPU, and dense on a GPU, where the
+    GEMMs stay cheap at genome scale and the CUDA-graph step was validated with them.
+    """
+    if product == "auto" and torch.device(device).type != "cpu":
+        product = "dense"
     graph = build_graph(ds.S, ds.substrate_power)
     model = MetabolismGNN(graph, cfg.graph_model, log_k_center=cfg.simulation.log_k_center,
                           seed=cfg.training.seed, sub_grid_max=float(ds.x.max()),
-                          sub_grid_points=cfg.training.sub_diff_grid_points)
+                          sub_grid_points=cfg.training.sub_diff_grid_points, product=product)
     return model.to(device)
 
 
@@ -308,7 +317,8 @@ def train(ds: Dataset, cfg: Config, *, device: str | torch.device = "auto",
 
     On a GPU the step is replayed from a CUDA graph (``cuda_graph``, see :class:`_GraphedStep`);
     ``cuda_graph=False`` runs it eagerly, as on the CPU. An eager step takes the hand-written
-    gradient of :mod:`metab_opt._fused` (``fused``) where it covers the model, else autograd.
+    gradient of :mod:`metab_opt.problem._fused` (``fused``) where it covers the model, else
+    autograd.
     """
     dev = select_device(device) if isinstance(device, str) else device
     with cpu_threads(threads if dev.type == "cpu" else None):
@@ -356,7 +366,7 @@ class _Step:
 
 
 class _EagerStep(_Step):
-    """The step op by op: with the hand-written gradient of :mod:`metab_opt._fused` when it
+    """The step op by op: with the hand-written gradient of :mod:`metab_opt.problem._fused` when it
     covers the model (``fused``), else with autograd."""
 
     def __init__(self, model: MetabolismGNN, cfg: Config, x: Tensor, y: Tensor,

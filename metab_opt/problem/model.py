@@ -17,6 +17,21 @@ For a batch of B frames ``c`` (B, N), :class:`MetabolismGNN` computes::
 ``MLP_sub`` depends only on (c_i, |s|), so it runs once per (frame, metabolite, |s|) pair that
 occurs in the graph (B x Q rows, Q <= E_s) and the results are gathered onto the substrate edges.
 S is a buffer, never a parameter.
+
+The two sums over the graph are products with fixed matrices: ``M`` (Q, R), how many substrate
+edges take pair q into reaction j (``a = f M``, or ``log a = log|f| M`` with ``mul``), and S
+(N, R) (``dc/dt = node + v S^T``); the hand-written gradient (``_fused.py``) also takes
+``g_v = g_r S`` and ``g_f = g_a M^T``. The model runs them one of two ways, its ``product``:
+
+* ``dense``: GEMMs with M and S^T held as dense (Q, R) and (R, N) matrices: a few fast kernel
+  calls on a small graph, but a cost of B·R·(Q + N) per step (and R·(Q + N) floats held);
+* ``sparse``: CSR sparse-times-dense products (MKL's on the CPU) with M, M^T, S and S^T held as
+  CSR: B·(E_s + nnz(S)) per step, what a genome-scale network (R ~ 3,000) needs.
+
+:func:`choose_product` (:mod:`metab_opt.problem._sparse`, with the CSR products) picks one from
+the graph's size; the two agree up to rounding (tests/test_sparse.py).
+``forward_parts(reference=True)`` takes a third way, torch_geometric's ``scatter`` over the
+edges, as the plain reference the tests compare both products with.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,8 +48,16 @@ from torch_geometric.data import HeteroData
 from torch_geometric.utils import scatter
 
 from metab_opt.config import GraphModelConfig
+from metab_opt.problem._sparse import (
+    PRODUCTS,
+    Product,
+    choose_product,
+    csr_parts,
+    csr_tensor,
+    sparse_mm,
+)
 
-__all__ = ["MLP", "MetabolismGNN", "at_origin", "build_graph"]
+__all__ = ["MLP", "MetabolismGNN", "Product", "at_origin", "build_graph", "choose_product"]
 
 SUB = ("metabolite", "substrate_of", "reaction")
 CHG = ("reaction", "changes", "metabolite")
@@ -201,10 +225,14 @@ class MetabolismGNN(nn.Module):
         seed: initialises the parameters (log_k noise, MLPs, embeddings) reproducibly.
         sub_grid_max, sub_grid_points: the grid [0, max] on which MLP_sub's monotonicity is
             penalised (the data's concentration range).
+        product: how the graph's sums run (the module docstring): ``dense``, ``sparse`` or
+            ``auto``, :func:`choose_product`'s pick for this graph. Only the chosen product's
+            matrices are built (S itself, a persistent buffer, is always there dense).
     """
 
     def __init__(self, graph: HeteroData, model_cfg: GraphModelConfig, *, log_k_center: float,
-                 seed: int = 0, sub_grid_max: float = 10.0, sub_grid_points: int = 64) -> None:
+                 seed: int = 0, sub_grid_max: float = 10.0, sub_grid_points: int = 64,
+                 product: Product | Literal["auto"] = "auto") -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(int(seed))
         n_met = int(graph["metabolite"].num_nodes)
@@ -239,20 +267,22 @@ class MetabolismGNN(nn.Module):
         # Frozen graph tensors.
         sub_index = graph[SUB].edge_index
         sub_power = graph[SUB].edge_attr
-        pairs = torch.stack([sub_index[0], sub_power.long()], dim=1)
+        # A pair is (metabolite, |s|); |s| may be fractional (0.5 O2 in a real model), so the
+        # pairs are keyed in float64, which holds both the index and the power exactly.
+        pairs = torch.stack([sub_index[0].double(), sub_power.double()], dim=1)
         uniq, edge_pair = torch.unique(pairs, dim=0, return_inverse=True)
         powers = torch.unique(sub_power)
-        self.register_buffer("pair_met", uniq[:, 0].contiguous(), persistent=False)
+        self.register_buffer("pair_met", uniq[:, 0].long().contiguous(), persistent=False)
         self.register_buffer("pair_pow", uniq[:, 1].float().contiguous(), persistent=False)
         self.register_buffer("edge_pair", edge_pair.contiguous(), persistent=False)
         self.register_buffer("edge_reac", sub_index[1].contiguous(), persistent=False)
         self.register_buffer("powers", powers.float(), persistent=False)
-        # (Q, R): how many substrate edges take pair q into reaction j. Gathering the pairs onto
-        # the edges and summing the edges of each reaction is one product with it.
-        pair_to_reac = torch.zeros(uniq.shape[0], n_reac)
-        pair_to_reac.index_put_((edge_pair, sub_index[1]), torch.ones(edge_pair.numel()),
-                                accumulate=True)
-        self.register_buffer("pair_to_reac", pair_to_reac, persistent=False)
+        n_pairs = uniq.shape[0]
+        if product == "auto":
+            product = choose_product(n_pairs, n_met, n_reac)
+        if product not in PRODUCTS:
+            raise ValueError(f"product: expected auto, dense or sparse, got {product!r}")
+        self.product: Product = product
         chg_index = graph[CHG].edge_index
         self.register_buffer("chg_reac", chg_index[0].contiguous(), persistent=False)
         self.register_buffer("chg_met", chg_index[1].contiguous(), persistent=False)
@@ -260,7 +290,32 @@ class MetabolismGNN(nn.Module):
         S = torch.zeros(n_met, n_reac)
         S[chg_index[1], chg_index[0]] = graph[CHG].edge_attr.float()
         self.register_buffer("S", S)
-        self.register_buffer("S_t", S.t().contiguous(), persistent=False)
+        self._csr_shapes: dict[str, tuple[int, int]] = {}
+        if product == "dense":
+            # M (Q, R): how many substrate edges take pair q into reaction j. Gathering the pairs
+            # onto the edges and summing the edges of each reaction is one product with it.
+            pair_to_reac = torch.zeros(n_pairs, n_reac)
+            pair_to_reac.index_put_((edge_pair, sub_index[1]), torch.ones(edge_pair.numel()),
+                                    accumulate=True)
+            self.register_buffer("pair_to_reac", pair_to_reac, persistent=False)
+            self.register_buffer("S_t", S.t().contiguous(), persistent=False)
+        else:
+            # The same M and S, and their transposes, as CSR matrices; each product's autograd
+            # backward and the fused gradient take the transpose. Held as their three index and
+            # value tensors (ordinary buffers: .to(), .double() and deepcopy treat them as any
+            # other) and wrapped as a CSR tensor per product (:meth:`_sparse_mm`, a few µs).
+            ones = torch.ones(edge_pair.numel())
+            coef = graph[CHG].edge_attr.float()
+            for name, rows, cols, vals, shape in (
+                    ("M", edge_pair, sub_index[1], ones, (n_pairs, n_reac)),
+                    ("M_t", sub_index[1], edge_pair, ones, (n_reac, n_pairs)),
+                    ("S", chg_index[1], chg_index[0], coef, (n_met, n_reac)),
+                    ("S_t", chg_index[0], chg_index[1], coef, (n_reac, n_met))):
+                crow, col, val = csr_parts(rows, cols, vals, shape)
+                self.register_buffer(f"csr_{name}_crow", crow, persistent=False)
+                self.register_buffer(f"csr_{name}_col", col, persistent=False)
+                self.register_buffer(f"csr_{name}_val", val, persistent=False)
+                self._csr_shapes[name] = shape
         self.register_buffer("pair_pow_index", torch.searchsorted(powers, uniq[:, 1].float()),
                              persistent=False)
         self.register_buffer("sub_grid", torch.zeros(0), persistent=False)
@@ -298,43 +353,81 @@ class MetabolismGNN(nn.Module):
         self.extra_inp = torch.stack([torch.cat(c_rows) / self.c_scale, torch.cat(s_rows)], -1)
         self.grid_at_origin = (grid == 0).expand(P, n_points).contiguous()
 
-    def _rates(self, pair_out: Tensor, dense: bool) -> Tensor:
+    # ------------------------------------------------------------------- the graph's sums
+    def _sparse_mm(self, x: Tensor, name: str, name_t: str) -> Tensor:
+        """``x A^T`` (B, m) for the CSR matrix A = ``name`` (m, k) of the sparse product,
+        differentiable in x (its backward takes A^T = ``name_t``)."""
+        a, a_t = (csr_tensor(getattr(self, f"csr_{n}_crow"), getattr(self, f"csr_{n}_col"),
+                             getattr(self, f"csr_{n}_val"), self._csr_shapes[n])
+                  for n in (name, name_t))
+        return sparse_mm(x, a, a_t)
+
+    def pairs_to_reactions(self, x: Tensor) -> Tensor:
+        """``x M``: (B, Q) per pair -> (B, R), each reaction's sum over its substrate edges."""
+        if self.product == "dense":
+            return x @ self.pair_to_reac
+        return self._sparse_mm(x, "M_t", "M")
+
+    def reactions_to_pairs(self, g: Tensor) -> Tensor:
+        """``g M^T``: (B, R) -> (B, Q), the transpose of :meth:`pairs_to_reactions` (the fused
+        gradient's step from the reactions back to the pairs)."""
+        if self.product == "dense":
+            return g @ self.pair_to_reac.t()
+        return self._sparse_mm(g, "M", "M_t")
+
+    def reactions_to_metabolites(self, node_out: Tensor, v: Tensor) -> Tensor:
+        """``node_out + v S^T``: (B, R) rates -> (B, N) dc/dt, with MLP_node's (B, N) part."""
+        if self.product == "dense":
+            return torch.addmm(node_out, v, self.S_t)
+        return node_out + self._sparse_mm(v, "S", "S_t")
+
+    def metabolites_to_reactions(self, g: Tensor) -> Tensor:
+        """``g S``: (B, N) -> (B, R), the transpose of :meth:`reactions_to_metabolites`'s
+        product (the fused gradient's ``g_v = g_r S``)."""
+        if self.product == "dense":
+            return g @ self.S
+        return self._sparse_mm(g, "S_t", "S")
+
+    def _rates(self, pair_out: Tensor, reference: bool = False) -> Tensor:
         """(B, Q) substrate function per pair -> (B, R) reaction rates ``10^log_k · a_j``.
 
-        ``dense`` (the trainer's path): one product with the (Q, R) pair-to-reaction matrix;
-        with ``mul`` the logs are taken per pair before it, and ``10^log_k`` enters as the
-        product's bias inside the exponential. Otherwise (the reference path): gather onto the
-        E_s edges and torch_geometric's ``scatter`` over each reaction's edges.
+        The trainer's path: one product with M (:meth:`pairs_to_reactions`, dense or sparse);
+        with ``mul`` the logs are taken per pair before it, and ``ln10 · log_k`` is added inside
+        the exponential (the dense GEMM's bias). ``reference``: gather onto the E_s edges and
+        torch_geometric's ``scatter`` over each reaction's edges.
         """
+        dense = self.product == "dense" and not reference
         if self.aggr == "mul":
             logs = torch.log(pair_out.abs().clamp_min(CLAMP))
             if dense:
                 return torch.exp(torch.addmm(self.log_k * LN10, logs, self.pair_to_reac))
+            if not reference:
+                return torch.exp(self.pairs_to_reactions(logs) + self.log_k * LN10)
             agg = torch.exp(scatter(logs[:, self.edge_pair], self.edge_reac, dim=1,
                                     dim_size=self.n_reactions, reduce="sum"))
-        elif dense:
-            agg = pair_out @ self.pair_to_reac
+        elif not reference:
+            agg = self.pairs_to_reactions(pair_out)
         else:
             agg = scatter(pair_out[:, self.edge_pair], self.edge_reac, dim=1,
                           dim_size=self.n_reactions, reduce="sum")
         return torch.pow(10.0, self.log_k) * agg
 
-    def forward_parts(self, c: Tensor, *, dense: bool = True) -> ForwardParts:
+    def forward_parts(self, c: Tensor, *, reference: bool = False) -> ForwardParts:
         """One batched pass over B frames; also evaluates the regularizers' points.
 
         Every MLP_sub evaluation of the step (the batch's (frame, metabolite, |s|) pairs, the
         monotonicity grid, the scale anchor and, with sub_through_origin, f(0, s)) goes through
-        the MLP in a single call. ``dense`` picks how the rates reach the reactions and the
-        metabolites: dense products (fast on small graphs) or torch_geometric's scatter over
-        the edges; the two agree (tests/test_model.py).
+        the MLP in a single call. The rates reach the reactions and the metabolites by the
+        model's ``product`` (dense or sparse), or with ``reference`` by torch_geometric's
+        scatter over the edges; the three agree (tests/test_model.py, tests/test_sparse.py).
         """
         x_sub = self.sub_input(c)
         out = self.mlp_sub(x_sub).squeeze(-1)
         pair_out, grid_out, norm_point = self.split_sub(out, x_sub, c.shape[0])
-        v = self._rates(pair_out, dense)  # (B, R)
+        v = self._rates(pair_out, reference)  # (B, R)
         node_out = self.node_function(c)
-        if dense:
-            dcdt = torch.addmm(node_out, v, self.S_t)
+        if not reference:
+            dcdt = self.reactions_to_metabolites(node_out, v)
         else:
             msg = v[:, self.chg_reac] * self.chg_coef
             dcdt = node_out + scatter(msg, self.chg_met, dim=1, dim_size=self.n_metabolites,

@@ -1,8 +1,9 @@
 """The end-of-run evaluation: every metric of DESIGN.md and the arrays the plots need.
 
 The learned model is rolled out on the held-out trajectory with the simulator's scheme
-(:func:`rollout`); k, MLP_sub and MLP_node are compared with the truth (:mod:`metab_opt.metrics`)
-and the joint recovery is judged (:mod:`metab_opt.joint`).
+(:func:`rollout`); k, MLP_sub and MLP_node are compared with the truth
+(:mod:`metab_opt.problem.metrics`)
+and the joint recovery is judged (:mod:`metab_opt.problem.joint`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metab_opt import metrics as M
 from metab_opt.config import Config
-from metab_opt.joint import joint_metrics
-from metab_opt.model import MetabolismGNN
-from metab_opt.simulation import Dataset
+from metab_opt.problem import metrics as M
+from metab_opt.problem.joint import joint_metrics
+from metab_opt.problem.model import MetabolismGNN
+from metab_opt.problem.simulation import Dataset
 
 __all__ = ["evaluate", "rollout"]
 
@@ -65,7 +66,10 @@ def evaluate(model: MetabolismGNN, ds: Dataset, cfg: Config) -> tuple[dict[str, 
 
     c_max = float(ds.x.max())
     c_grid = torch.linspace(0.0, c_max, 200, device=dev)
-    powers = sorted({int(p) for p in np.unique(ds.substrate_power) if p > 0})
+    # MLP_sub is scored against c^s on the integer powers (a real model's 0.5 O2 takes part in
+    # training but has no c^s curve of its own in the metrics).
+    powers = sorted({int(p) for p in np.unique(ds.substrate_power)
+                     if p > 0 and float(p).is_integer()})
     curves = {s: model.substrate_function(c_grid, torch.full_like(c_grid, float(s))).cpu().numpy()
               for s in powers}
     sub = M.mlp_sub_metrics(c_grid.cpu().numpy(), curves)

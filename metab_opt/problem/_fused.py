@@ -9,7 +9,7 @@ is a fixed sequence of ~70 tensor ops. The MLPs go through the same :func:`tail_
 check terms and gradients against autograd with ``allclose`` on every option (aggregation,
 through-origin, each registered term, MLP depths, embedding size).
 
-The terms and their own gradients come from :mod:`metab_opt.losses`: each term adds
+The terms and their own gradients come from :mod:`metab_opt.problem.losses`: each term adds
 ``w · ∂term/∂variable`` into its variable's buffer (``g_r``, ``g_node``, ``g_log_k``,
 ``g_grid``, ``g_norm`` below) when the chain reaches it. The chain, with r = dc/dt - y and M the
 (Q, R) pair-to-reaction matrix (the notation of ``model.py``)::
@@ -20,6 +20,9 @@ The terms and their own gradients come from :mod:`metab_opt.losses`: each term a
           g_log_k = ln10 Σ_b g_v v,            g_pair = (g_v v) M^T / f_pair   (|f| >= 1e-8)
     add:  g_log_k = ln10 Σ_b g_v v,            g_pair = (g_v 10^log_k) M^T
     g_log_k += Σ terms of log_k
+
+The four products with M, M^T, S and S^T are the model's own (``MetabolismGNN.product``: dense
+GEMMs, or CSR products on a large graph), so this gradient costs what the forward pass does.
 
 then the MLP_sub rows (pairs, the monotonicity grid + Σ terms of grid, the scale anchor
 = Σ terms of norm, and f(0, s) with sub_through_origin) and MLP_node's rows go back through
@@ -34,10 +37,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metab_opt import losses
 from metab_opt.config import Config
-from metab_opt.losses import LOSS_TERMS, VARIABLES, LossInputs, LossTerm, Variable
-from metab_opt.model import CLAMP, LN10, MetabolismGNN, at_origin, tail_backward, tail_forward
+from metab_opt.problem import losses
+from metab_opt.problem.losses import LOSS_TERMS, VARIABLES, LossInputs, LossTerm, Variable
+from metab_opt.problem.model import (
+    CLAMP,
+    LN10,
+    MetabolismGNN,
+    at_origin,
+    tail_backward,
+    tail_forward,
+)
 
 __all__ = ["FusedLoss", "fused_supported"]
 
@@ -104,10 +114,10 @@ class FusedLoss:
         x_sub = m.sub_input(c)
         f, sub_acts = tail_forward(m.mlp_sub.first_preact(x_sub), self.sub_w, self.sub_b)
         pair, grid, norm = m.split_sub(f.view(-1), x_sub, B)
-        v = m._rates(pair, dense=True)
+        v = m._rates(pair)
         node_out, node_acts = tail_forward(m.node_preact(c), self.node_w, self.node_b)
         node_out = node_out.view(B, N)
-        r = torch.addmm(node_out, v, m.S_t).sub_(y)
+        r = m.reactions_to_metabolites(node_out, v).sub_(y)
 
         x = LossInputs(r=r, node_out=node_out, log_k=m.log_k, grid=grid, norm=norm,
                        training=self.training, log_k_center=self.k_center)
@@ -141,14 +151,13 @@ class FusedLoss:
             self._add_terms("node_out", g_node)
         else:
             g_node = g_r
-        g_v = g_r @ m.S
+        g_v = m.metabolites_to_reactions(g_r)
         g_vv = g_v * v
         g_log_k = g_vv.sum(0).mul_(LN10)
         if m.aggr == "mul":
-            g_pair = torch.where(pair.abs() >= CLAMP, (g_vv @ m.pair_to_reac.t()).div_(pair),
-                                 0.0)
+            g_pair = torch.where(pair.abs() >= CLAMP, m.reactions_to_pairs(g_vv).div_(pair), 0.0)
         else:
-            g_pair = (g_v * torch.pow(10.0, m.log_k)) @ m.pair_to_reac.t()
+            g_pair = m.reactions_to_pairs(g_v * torch.pow(10.0, m.log_k))
         if m.through_origin:
             # The pair rows at the origin are the constant 0 (MetabolismGNN.split_sub).
             g_pair.masked_fill_(at_origin(sv.x_sub[:BQ]).view(B, -1), 0.0)

@@ -1,9 +1,10 @@
-"""PDE_M1: the metabolic network simulator and its cached dataset.
+"""The simulator (PDE_M1's dynamics, on any network) and its cached dataset.
 
 The system, for metabolite ``i`` of type ``τ(i)`` and reaction ``j``::
 
     dc_i/dt = -λ_τ(i) (c_i - c_base,τ(i)) + Σ_j S_ij v_j,     v_j = k_j Π_{i ∈ sub(j)} c_i^|s_ij|
 
+The network comes from :mod:`metab_opt.problem.networks` (PDE_M1's generator or a real model).
 ``S`` (n_metabolites x n_reactions) is the signed stoichiometry; ``substrate_power``
 (n_metabolites x n_reactions) holds ``|s_ij|`` for the substrates of each reaction and 0 elsewhere.
 Integration is explicit Euler with concentrations clamped at 0; the dataset stores the states
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 
 from metab_opt import __version__
 from metab_opt.config import ConfigError, SimulationConfig, simulation_hash
+from metab_opt.problem.networks import Network, build_network
 
 __all__ = [
     "Dataset",
@@ -44,26 +46,6 @@ __all__ = [
 
 _ARRAYS = ("S", "substrate_power", "log_k_true", "metabolite_type", "x", "y", "x_test", "y_test")
 _DEFAULT_DATA_ROOT = Path("studies") / "data"
-
-
-@dataclass(frozen=True)
-class Network:
-    """A reaction network: stoichiometry, substrate powers, rate constants and types."""
-
-    S: np.ndarray  # (n_met, n_reac) int, signed net stoichiometry
-    substrate_power: np.ndarray  # (n_met, n_reac) int, |s| of each substrate, 0 elsewhere
-    log_k: np.ndarray  # (n_reac,) float64, log10 of the rate constants
-    metabolite_type: np.ndarray  # (n_met,) int
-    lambdas: np.ndarray  # (n_types,) homeostatic rates
-    baselines: np.ndarray  # (n_types,) homeostatic baselines
-
-    @property
-    def n_metabolites(self) -> int:
-        return int(self.S.shape[0])
-
-    @property
-    def n_reactions(self) -> int:
-        return int(self.S.shape[1])
 
 
 @dataclass
@@ -94,135 +76,6 @@ class Dataset:
     @property
     def metabolite_type(self) -> np.ndarray:
         return self.network.metabolite_type
-
-
-# ---------------------------------------------------------------------------------------------
-# Network builder
-
-
-def _cycle_reactions(rng: np.random.Generator, n_met: int, length: int, n_wanted: int,
-                     used: set[tuple[tuple[int, int], ...]]) -> list[tuple[dict[int, int],
-                                                                             dict[int, int]]]:
-    """Autocatalytic cycles m1..mL: reaction ``m_i + m_{i+1} -> 2 m_{i+1}``.
-
-    Both metabolites are substrates with |s| = 1; the net stoichiometry is -1 for the food
-    ``m_i`` and +1 for the catalyst ``m_{i+1}``. A cycle is redrawn when one of its substrate
-    pairs already exists, so that no two reactions share a substrate set.
-    """
-    out: list[tuple[dict[int, int], dict[int, int]]] = []
-    attempts = 0
-    while len(out) < n_wanted:
-        attempts += 1
-        if attempts > 100_000:
-            raise ConfigError(f"simulation: cannot place {n_wanted} autocatalytic reactions "
-                              f"with unique substrate sets among {n_met} metabolites (placed "
-                              f"{len(out)}); lower simulation.cycle_fraction or n_reactions")
-        members = rng.choice(n_met, size=length, replace=False)
-        cycle: list[tuple[dict[int, int], dict[int, int]]] = []
-        keys = []
-        for pos in range(length):
-            food, cat = int(members[pos]), int(members[(pos + 1) % length])
-            if length == 2 and pos == 1:
-                break  # a 2-cycle's second reaction would reuse the same substrate pair
-            keys.append(tuple(sorted(((food, 1), (cat, 1)))))
-            cycle.append(({food: 1, cat: 1}, {food: -1, cat: 1}))
-        if len(set(keys)) != len(keys) or any(k in used for k in keys):
-            continue
-        take = min(len(cycle), n_wanted - len(out))
-        for key, reaction in zip(keys[:take], cycle[:take]):
-            used.add(key)
-            out.append(reaction)
-    return out
-
-
-def _random_reactions(rng: np.random.Generator, n_met: int, max_per: int, n_wanted: int,
-                      used: set[tuple[tuple[int, int], ...]]) -> list[tuple[dict[int, int],
-                                                                              dict[int, int]]]:
-    """Random reactions: 1..max_per substrates with |s| in {1, 2}; products share the mass.
-
-    The consumed mass (Σ|s|) is split over 1..max_per product metabolites that are not
-    substrates, so every column of S sums to 0.
-    """
-    out: list[tuple[dict[int, int], dict[int, int]]] = []
-    attempts = 0
-    while len(out) < n_wanted:
-        attempts += 1
-        if attempts > 100_000:
-            raise ConfigError(f"simulation: cannot place {n_wanted} random reactions with "
-                              f"unique substrate sets among {n_met} metabolites (placed "
-                              f"{len(out)}); lower simulation.n_reactions or raise "
-                              f"max_metabolites_per_reaction")
-        n_sub = int(rng.integers(1, max_per + 1))
-        subs = rng.choice(n_met, size=n_sub, replace=False)
-        powers = rng.integers(1, 3, size=n_sub)
-        key = tuple(sorted((int(m), int(p)) for m, p in zip(subs, powers)))
-        if key in used:
-            continue
-        mass = int(powers.sum())
-        others = np.setdiff1d(np.arange(n_met), subs)
-        n_prod = int(rng.integers(1, min(max_per, mass, len(others)) + 1)) if len(others) else 0
-        if n_prod == 0:
-            continue
-        prods = rng.choice(others, size=n_prod, replace=False)
-        # Split `mass` into n_prod positive integers.
-        cuts = np.sort(rng.choice(np.arange(1, mass), size=n_prod - 1, replace=False)) \
-            if n_prod > 1 else np.array([], dtype=int)
-        shares = np.diff(np.concatenate(([0], cuts, [mass])))
-        sub = {int(m): int(p) for m, p in zip(subs, powers)}
-        net = {int(m): -int(p) for m, p in zip(subs, powers)}
-        for m, share in zip(prods, shares):
-            net[int(m)] = net.get(int(m), 0) + int(share)
-        used.add(key)
-        out.append((sub, net))
-    return out
-
-
-def _check_capacity(cfg: SimulationConfig, n_cycle: int) -> None:
-    """Fail at once, in one line, when the unique substrate sets cannot all exist.
-
-    A cycle reaction's substrate set is a pair with |s| = 1; a random reaction's is 1 to
-    max_metabolites_per_reaction metabolites (leaving at least one to be a product), each with
-    |s| in {1, 2}. Without this check the builder would redraw 100 000 times, then fail.
-    """
-    n_met = cfg.n_metabolites
-    pairs = math.comb(n_met, 2)
-    if n_cycle > pairs:
-        raise ConfigError(f"simulation: {n_cycle} autocatalytic reactions need as many distinct "
-                          f"substrate pairs, but {n_met} metabolites have {pairs}; lower "
-                          f"simulation.cycle_fraction or n_reactions")
-    max_sub = min(cfg.max_metabolites_per_reaction, n_met - 1)
-    sets = sum(math.comb(n_met, k) * 2**k for k in range(1, max_sub + 1))
-    n_random = cfg.n_reactions - n_cycle
-    if n_random > sets - n_cycle:
-        raise ConfigError(f"simulation: {n_random} random reactions need distinct substrate "
-                          f"sets, but {n_met} metabolites with up to {max_sub} substrates have "
-                          f"{max(sets - n_cycle, 0)} left; lower simulation.n_reactions")
-
-
-def build_network(cfg: SimulationConfig) -> Network:
-    """The stoichiometry, the rate constants and the metabolite types of a regime (seeded)."""
-    rng = np.random.default_rng(cfg.seed)
-    n_met, n_reac = cfg.n_metabolites, cfg.n_reactions
-    used: set[tuple[tuple[int, int], ...]] = set()
-    n_cycle = int(round(cfg.cycle_fraction * n_reac))
-    _check_capacity(cfg, n_cycle)
-    reactions = _cycle_reactions(rng, n_met, cfg.cycle_length, n_cycle, used)
-    reactions += _random_reactions(rng, n_met, cfg.max_metabolites_per_reaction,
-                                   n_reac - len(reactions), used)
-    S = np.zeros((n_met, n_reac), dtype=np.int64)
-    power = np.zeros((n_met, n_reac), dtype=np.int64)
-    for j, (sub, net) in enumerate(reactions):
-        for m, p in sub.items():
-            power[m, j] = p
-        for m, s in net.items():
-            S[m, j] = s
-    log_k = rng.uniform(cfg.log_k_min, cfg.log_k_max, size=n_reac)
-    types = np.zeros(n_met, dtype=np.int64)
-    # Types in contiguous blocks: the first 1/n_types of the metabolites are type 0, and so on.
-    types[:] = (np.arange(n_met) * cfg.n_metabolite_types) // n_met
-    return Network(S=S, substrate_power=power, log_k=log_k, metabolite_type=types,
-                   lambdas=np.asarray(cfg.homeostatic_lambda_per_type, dtype=np.float64),
-                   baselines=np.asarray(cfg.homeostatic_baseline_per_type, dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,22 +116,39 @@ def derivative(x: np.ndarray, net: Network, idx: np.ndarray | None = None,
     return homeostasis(x, net) + v @ net.S.T.astype(np.float64)
 
 
+# S as a dense (R, N) product below this many entries (every PDE_M1 regime: their datasets stay
+# bit for bit), over its nonzeros above (a genome-scale model: iJO1366's 2,862 x 1,805 S has
+# 11,476 nonzeros, and the dense product was 8.2 of a rate evaluation's 8.3 ms).
+DENSE_S_MAX_ENTRIES = 300_000
+
+
+def _stoichiometry_product(net: Network) -> Callable[[np.ndarray], np.ndarray]:
+    """``v -> v Sᵀ`` for one state's (R,) fluxes: the reactions' net effect on each metabolite."""
+    if net.S.size < DENSE_S_MAX_ENTRIES:
+        S_t = net.S.T.astype(np.float64)
+        return lambda v: v @ S_t
+    rows, cols = np.nonzero(net.S)
+    coef = net.S[rows, cols].astype(np.float64)
+    n = net.n_metabolites
+    return lambda v: np.bincount(rows, weights=coef * v[cols], minlength=n)
+
+
 def integrate(net: Network, c0: np.ndarray, n_frames: int, dt: float, substeps: int = 1
               ) -> tuple[np.ndarray, np.ndarray]:
     """Explicit Euler from c0 for n_frames, ``substeps`` steps of ``dt / substeps`` per frame
     (concentrations clamped at 0 after each); returns (x, y) with y[t] = dc/dt(x[t])."""
     idx, pw = _substrate_index(net)
     k = 10.0 ** net.log_k
-    S_t = net.S.T.astype(np.float64)
     lam = net.lambdas[net.metabolite_type]
     base = net.baselines[net.metabolite_type]
     x = np.empty((n_frames, net.n_metabolites))
     y = np.empty_like(x)
     c = c0.astype(np.float64).copy()
     h = dt / substeps  # == dt exactly when substeps is 1: the one-step scheme, bit for bit
+    flux_to_rates = _stoichiometry_product(net)
 
     def rate(c: np.ndarray) -> np.ndarray:
-        return -lam * (c - base) + (k * np.prod(c[idx] ** pw, axis=1)) @ S_t
+        return -lam * (c - base) + flux_to_rates(k * np.prod(c[idx] ** pw, axis=1))
 
     for t in range(n_frames):
         x[t] = c
@@ -334,21 +204,55 @@ def _check_finite(cfg: SimulationConfig, which: str, x: np.ndarray, y: np.ndarra
                           f"or lower simulation.log_k_max")
 
 
+def _starts(cfg: SimulationConfig, n_met: int) -> list[np.ndarray]:
+    """The training trajectories' initial states, one per trajectory (seeded).
+
+    The first is the one PDE_M1 always drew (so one trajectory is today's dataset, bit for bit);
+    trajectory j > 0 draws from its own stream.
+    """
+    out = []
+    for j in range(cfg.n_trajectories):
+        rng = np.random.default_rng([cfg.seed, 1] if j == 0 else [cfg.seed, 1, j])
+        out.append(rng.uniform(cfg.concentration_min, cfg.concentration_max, size=n_met))
+    return out
+
+
+# A reaction whose oracle log10 k misses the truth by more than this is reported by name as one
+# the data do not identify (a tenth of a decade: a 26% error in k).
+UNIDENTIFIED_LOG_ERROR = 0.1
+
+
+def identifiability(net: Network, log_k_oracle: np.ndarray) -> list[str]:
+    """The reactions whose oracle estimate misses the truth by more than
+    :data:`UNIDENTIFIED_LOG_ERROR` in log10 k, by name, worst first."""
+    err = np.abs(log_k_oracle - net.log_k)
+    bad = np.nonzero(~(err <= UNIDENTIFIED_LOG_ERROR))[0]
+    return [net.reaction_name(int(j)) for j in bad[np.argsort(-np.nan_to_num(err[bad],
+                                                                          nan=np.inf))]]
+
+
 def simulate(cfg: SimulationConfig) -> Dataset:
-    """Build the network and both trajectories, and measure the dataset's figures.
+    """Build the network and the trajectories, and measure the dataset's figures.
+
+    The training data are ``n_trajectories`` trajectories of ``n_frames / n_trajectories`` frames
+    each, one after the other in ``x`` (a real network settles onto its steady state within a
+    few hundred frames; many short runs from independent starts keep the data informative); the
+    test data are one trajectory from its own start.
 
     Raises :class:`ConfigError` when a trajectory diverges (explicit Euler with too large a
     ``delta_t`` for the rates): such a dataset would poison the oracle and every learner.
     """
     t0 = time.perf_counter()
     net = build_network(cfg)
-    rng = np.random.default_rng([cfg.seed, 1])
-    c0 = rng.uniform(cfg.concentration_min, cfg.concentration_max, size=cfg.n_metabolites)
     rng_test = np.random.default_rng([cfg.seed + cfg.test_seed_offset, 1])
     c0_test = rng_test.uniform(cfg.concentration_min, cfg.concentration_max,
-                               size=cfg.n_metabolites)
+                               size=net.n_metabolites)
+    per = cfg.n_frames // cfg.n_trajectories
     with np.errstate(over="ignore", invalid="ignore"):
-        x, y = integrate(net, c0, cfg.n_frames, cfg.delta_t, cfg.substeps)
+        parts = [integrate(net, c0, per, cfg.delta_t, cfg.substeps)
+                 for c0 in _starts(cfg, net.n_metabolites)]
+        x = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+        y = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
         _check_finite(cfg, "training", x, y)
         x_test, y_test = integrate(net, c0_test, cfg.n_test_frames, cfg.delta_t,
                                    cfg.substeps)
@@ -358,7 +262,7 @@ def simulate(cfg: SimulationConfig) -> Dataset:
         y = y + cfg.noise_level * y.std(axis=0, keepdims=True) * noise_rng.standard_normal(y.shape)
     k_oracle = oracle_rate_constants(net, x, y)
     log_k_oracle = np.log10(np.clip(k_oracle, 1e-12, None))
-    manifest = {
+    manifest: dict[str, Any] = {
         "n_metabolites": net.n_metabolites,
         "n_reactions": net.n_reactions,
         "n_frames": int(cfg.n_frames),
@@ -370,6 +274,13 @@ def simulate(cfg: SimulationConfig) -> Dataset:
         "finite": bool(np.isfinite(x).all() and np.isfinite(y).all()),
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
+    if cfg.n_trajectories > 1:
+        manifest["n_trajectories"] = int(cfg.n_trajectories)
+    if net.reaction_names:  # a real model: its ids, and what the data cannot identify
+        manifest["metabolite_names"] = list(net.metabolite_names)
+        manifest["reaction_names"] = list(net.reaction_names)
+        manifest["nnz_S"] = int(np.count_nonzero(net.S))
+        manifest["unidentified_reactions"] = identifiability(net, log_k_oracle)
     return Dataset(network=net, x=x, y=y, x_test=x_test, y_test=y_test, manifest=manifest)
 
 
@@ -414,7 +325,9 @@ def _read(folder: Path, cfg: SimulationConfig) -> Dataset | None:
     net = Network(S=arrays["S"], substrate_power=arrays["substrate_power"],
                   log_k=arrays["log_k_true"], metabolite_type=arrays["metabolite_type"],
                   lambdas=np.asarray(cfg.homeostatic_lambda_per_type, dtype=np.float64),
-                  baselines=np.asarray(cfg.homeostatic_baseline_per_type, dtype=np.float64))
+                  baselines=np.asarray(cfg.homeostatic_baseline_per_type, dtype=np.float64),
+                  metabolite_names=tuple(manifest.get("metabolite_names", ())),
+                  reaction_names=tuple(manifest.get("reaction_names", ())))
     return Dataset(network=net, x=arrays["x"], y=arrays["y"], x_test=arrays["x_test"],
                    y_test=arrays["y_test"], manifest=manifest, path=folder)
 
@@ -453,7 +366,13 @@ def _write(ds: Dataset, folder: Path, cfg: SimulationConfig) -> None:
 
 def dataset_dir(cfg: SimulationConfig, data_root: str | Path | None = None) -> Path:
     root = Path(data_root) if data_root is not None else _DEFAULT_DATA_ROOT
-    return root / f"pde_m1_{_config_hash(cfg)}"
+    net = cfg.network
+    if net is None or net.source == "pde_m1":
+        prefix = "pde_m1"
+    else:  # a real model's name: textbook_..., or the SBML file's stem
+        prefix = net.model if net.source == "cobra" and net.model else \
+            Path(net.path or "sbml").name.split(".")[0]
+    return root / f"{prefix}_{_config_hash(cfg)}"
 
 
 def load_or_build(cfg: SimulationConfig, data_root: str | Path | None = None, *,

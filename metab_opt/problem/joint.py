@@ -13,10 +13,10 @@ constraints, the log and the memory):
 - ``embedding_silhouette``: the mean silhouette of the embeddings under the *true* types
   (Euclidean): near 1 for tight, well separated type clusters, near 0 or below for none.
 - ``MLP_node_slope_ratio_type{t}``: the learned MLP_node's least-squares slope for type t over
-  the true slope ``-λ_t`` (:func:`metab_opt.metrics.mlp_node_metrics`); 1 is exact. Their
+  the true slope ``-λ_t`` (:func:`metab_opt.problem.metrics.mlp_node_metrics`); 1 is exact. Their
   mean is ``avg_slope_ratio``.
 - ``joint_status``: ``converged`` when k holds (``rate_constants_R2 > 0.9``, the one converged
-  threshold, :data:`metab_opt.metrics.CONVERGED_R2`) and the homeostasis holds (every slope
+  threshold, :data:`metab_opt.problem.metrics.CONVERGED_R2`) and the homeostasis holds (every slope
   ratio in :data:`SLOPE_RATIO_RANGE` and the cluster accuracy 1.0); ``partial-k`` when only k
   holds, ``partial-homeostasis`` when only the homeostasis holds, ``failed`` when neither.
   ``joint_diagnosis`` names each missing part with its figure.
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from metab_opt.metrics import CONVERGED_R2, as_float
+from metab_opt.problem.metrics import CONVERGED_R2, as_float
 
 if TYPE_CHECKING:
     from metab_opt.config import Config
@@ -154,7 +154,7 @@ def embedding_silhouette(embedding: ArrayLike, types: ArrayLike) -> float:
 
 def slope_ratios(node_metrics: Mapping[str, Any], n_types: int) -> dict[str, float]:
     """``MLP_node_slope_ratio_type{t}`` (learned / true slope) and ``avg_slope_ratio`` from
-    :func:`metab_opt.metrics.mlp_node_metrics`'s output; NaN where a slope is missing."""
+    :func:`metab_opt.problem.metrics.mlp_node_metrics`'s output; NaN where a slope is missing."""
     out: dict[str, float] = {}
     for t in range(n_types):
         learned = as_float(node_metrics.get(f"MLP_node_slope_type{t}"))

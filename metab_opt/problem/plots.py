@@ -1,8 +1,9 @@
 """Diagnostic figures of a training run and of a study (matplotlib, Agg canvas, PNG).
 
 Every function takes the output ``path`` first, creates its parent folders, writes one PNG at
-``DPI`` and returns the path. The exploration tree lives in :mod:`metab_opt.tree_plot` and is
-re-exported here. Inputs are numpy arrays (no torch). Figures are built on
+``DPI`` and returns the path. A study's exploration tree is a view of the
+study, not of a run: :mod:`metab_opt.tree_plot` draws it. Inputs are numpy arrays (no torch).
+Figures are built on
 ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot, so nothing global is
 touched (no backend switch, no open-figure registry) and the module is safe in worker threads.
 """
@@ -24,19 +25,10 @@ from metab_opt._figure import PathLike as _PathLike
 from metab_opt._figure import color as _color
 from metab_opt._figure import new_figure as _new_figure
 from metab_opt._figure import save as _save
-from metab_opt.metrics import OUTLIER_THRESHOLD, best_scale, mlp_node_truth
-from metab_opt.tree_plot import (
-    OTHER_MARKER,
-    STRATEGY_MARKERS,
-    plot_exploration_tree,
-    r2_norm,
-)
+from metab_opt.problem.metrics import OUTLIER_THRESHOLD, best_scale, mlp_node_truth
 
 __all__ = [
     "DPI",
-    "OTHER_MARKER",
-    "STRATEGY_MARKERS",
-    "r2_norm",
     "plot_mlp_sub",
     "plot_mlp_node",
     "plot_rate_constants",
@@ -44,7 +36,6 @@ __all__ = [
     "plot_kinograph",
     "plot_embeddings",
     "plot_rollout_traces",
-    "plot_exploration_tree",
 ]
 
 def _fmt(x: object, spec: str = ".3f") -> str:
