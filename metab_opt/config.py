@@ -126,6 +126,10 @@ class GraphModelConfig:
     aggr_type: str = _key(_s(["mul", "add"]))
     c_scale: float = _key(_f(0.0, 1e6, low_open=True), 1.0)
     sub_through_origin: bool = _key(_b(), False)
+    # coeff_MLP_sub_norm's anchor: f(1, 1) = 1 only (one), or f(1, s) = 1 for every |s| of the
+    # network (every): c^s is 1 at c = 1 for every s. A power that one reaction alone has (a real
+    # model's adp² in ADK1_rev) otherwise leaves f(., s) free to trade its scale with that k.
+    sub_norm_powers: str = _key(_s(["one", "every"]), "one")
     # MLP_node sees c / node_c_scale: the data's c reach ~100, where tanh units fed the raw c
     # saturate and the homeostatic line cannot form (docs/joint.md); 1.0 is the seed's raw input
     node_c_scale: float = _key(_f(0.0, 1e6, low_open=True), 1.0)

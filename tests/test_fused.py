@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 from metab_opt.config import Config
 from metab_opt.problem._fused import FusedLoss, fused_supported
-from metab_opt.problem.losses import LOSS_TERMS
+from metab_opt.problem.losses import LOSS_TERMS, TERM_NAMES
 from metab_opt.problem.training import (
     GroupAdam,
     _make_step,
@@ -178,5 +179,29 @@ def test_fused_matches_autograd_with_mlp_node_input_scaled(tiny_cfg, tiny_datase
     cfg = configure(tiny_cfg, {"node_c_scale": node_c_scale}, ALL_ON)
     terms, grads, got, fused_grads = both_paths(tiny_dataset, cfg, slice(3, 11))
     torch.testing.assert_close(got, terms, rtol=1e-10, atol=1e-12)
+    for name, g in grads.items():
+        torch.testing.assert_close(fused_grads[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("through_origin", [False, True])
+def test_fused_matches_autograd_with_an_anchor_at_every_power(tiny_cfg, tiny_dataset,
+                                                              through_origin: bool) -> None:
+    """``sub_norm_powers: every``: the scale anchor f(1, s) = 1 at each of the network's powers
+    (a (P,) norm), through both paths."""
+    # tiny's rate laws all have |s| = 1: give some edges |s| = 2 and one 0.5 (a real model's O2).
+    net = tiny_dataset.network
+    power = net.substrate_power.astype(np.float64)
+    rows, cols = np.nonzero(power)
+    power[rows[::3], cols[::3]] = 2.0
+    power[rows[1], cols[1]] = 0.5
+    ds = dataclasses.replace(tiny_dataset,
+                             network=dataclasses.replace(net, substrate_power=power))
+    cfg = configure(tiny_cfg, {"sub_through_origin": through_origin,
+                               "sub_norm_powers": "every"}, ALL_ON)
+    terms, grads, got, fused_grads = both_paths(ds, cfg)
+    torch.testing.assert_close(got, terms, rtol=1e-10, atol=1e-12)
+    one = configure(tiny_cfg, {"sub_through_origin": through_origin}, ALL_ON)
+    norm = TERM_NAMES.index("MLP_sub_norm")
+    assert terms[norm] != both_paths(ds, one)[0][norm]  # three anchors, another term
     for name, g in grads.items():
         torch.testing.assert_close(fused_grads[name], g, rtol=1e-9, atol=1e-12, msg=name)

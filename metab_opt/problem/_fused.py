@@ -168,14 +168,20 @@ class FusedLoss:
         g_f[:BQ] = g_pair.view(-1)
         g_grid = g_f[BQ:BQ + PG].view(P, G)
         self._add_terms("grid", g_grid)
+        A = m.n_anchors
+        # A view (0-dim, or (P,) with an anchor at every power): the terms add into g_f.
+        g_anchor = g_f[BQ + PG:BQ + PG + A] if m.anchor_every else g_f[BQ + PG]
         if self._terms["norm"]:
-            self._add_terms("norm", g_f[BQ + PG])  # a 0-dim view: the terms add into g_f
+            self._add_terms("norm", g_anchor)
         if m.through_origin:
             g_grid.masked_fill_(m.grid_at_origin, 0.0)  # a constant 0, like the pairs above
-            g_zero = g_f[BQ + PG + 1:]
+            g_zero = g_f[BQ + PG + A:]
             g_zero[:P].index_add_(0, m.pair_pow_index, g_pair.sum(0), alpha=-1.0)
             g_zero[:P] -= g_grid.sum(1)
-            g_zero[P] = -g_f[BQ + PG]
+            if m.anchor_every:
+                g_zero[:P] -= g_anchor
+            else:
+                g_zero[P] = -g_anchor
         g_u0, sub_grads = tail_backward(g_f.unsqueeze(1), sv.sub_acts, self.sub_w)
         # (x^T g)^T: MKL is ~4x slower on the (H, n) x (n, 2) orientation of this product.
         sub_first = [torch.mm(sv.x_sub.t(), g_u0).t().mul(2.0), g_u0.sum(0).mul_(2.0)]

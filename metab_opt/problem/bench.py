@@ -35,6 +35,7 @@ from metab_opt.problem.training import (
     _make_step,
     _step_terms,
     build_model,
+    cpu_threads,
     param_groups,
     select_device,
     term_weights,
@@ -69,10 +70,7 @@ def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "au
     if rounds < 1:
         raise ValueError(f"rounds: expected at least 1, got {rounds}")
     dev = select_device(device)
-    previous = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(threads or 1)
-    try:
+    with cpu_threads((threads or 1) if dev.type == "cpu" else None):
         ds, _ = load_or_build(cfg.simulation, data_root)
         t = cfg.training
         x = torch.as_tensor(ds.x, dtype=torch.float32, device=dev)
@@ -124,8 +122,6 @@ def bench(cfg: Config, *, data_root: str | Path | None = None, device: str = "au
             "trial_steps": n_steps,
             "trial_seconds": round(n_steps / fast, 1),
         }
-    finally:
-        torch.set_num_threads(previous)
 
 
 def peak_rss_mib() -> float:
@@ -198,10 +194,7 @@ def bench_scale(cfg: Config, reference: Config, *, data_root: str | Path | None 
     if seconds <= 0:
         raise ValueError(f"seconds: expected > 0, got {seconds}")
     dev = select_device(device)
-    previous = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(threads or 1)
-    try:
+    with cpu_threads((threads or 1) if dev.type == "cpu" else None):
         peak = {"start": round(peak_rss_mib(), 1)}
         runs: dict[str, tuple[Callable[[], None], dict[str, Any]]] = {}
         sizes: dict[str, int] = {}
@@ -246,8 +239,6 @@ def bench_scale(cfg: Config, reference: Config, *, data_root: str | Path | None 
         out["peak_rss_mib"] = peak
         out["peak_rss_source"] = "resource.getrusage(RUSAGE_SELF).ru_maxrss"
         return out
-    finally:
-        torch.set_num_threads(previous)
 
 
 def scale_lines(out: dict[str, Any]) -> list[str]:

@@ -14,7 +14,8 @@ a field of :class:`LossInputs`::
     node_out  (B, N)  MLP_node's output
     log_k     (R,)    the rate constants
     grid      (P, G)  the substrate function on the monotonicity grid, one row per |s| present
-    norm      ()      the substrate function at the scale anchor c = 1, |s| = 1
+    norm      () (P,) the substrate function at the scale anchor c = 1, |s| = 1 (at every |s|
+                      with graph_model.sub_norm_powers: every)
 
 and declares it twice over, side by side: ``value(x)`` in differentiable torch ops (the
 autograd path, and the fused forward under no_grad) and ``grad(x, w, g)``, which adds
@@ -70,7 +71,7 @@ class LossInputs:
     node_out: Tensor  # (B, N) MLP_node's output
     log_k: Tensor  # (R,) the model's log_k (the parameter itself on the autograd path)
     grid: Tensor  # (P, G) the substrate function on the monotonicity grid
-    norm: Tensor  # () the substrate function at c = 1, |s| = 1
+    norm: Tensor  # () f at c = 1, |s| = 1; (P,) at every |s| (sub_norm_powers: every)
     training: TrainingConfig  # a term's own settings (k_floor_threshold)
     log_k_center: float  # the centre of the simulation's log_k range
 
@@ -139,8 +140,11 @@ SUB_DIFF = LossTerm("MLP_sub_diff", "coeff_MLP_sub_diff", "grid", _sub_diff, _su
 
 def _sub_norm(x: LossInputs) -> Tensor:
     """Scale anchor: ``(f(c=1, |s|=1) - 1)²``. k and MLP_sub trade a global scale (a factor
-    on f is a factor on every rate); this pins it. Gradient: ``∂/∂f = 2 (f - 1)``."""
-    return (x.norm - 1.0) ** 2
+    on f is a factor on every rate); this pins it. With ``sub_norm_powers: every`` the anchor
+    is ``Σ_s (f(1, s) - 1)²`` over the network's powers: a factor on f(., s) alone is a factor
+    on the rates of the reactions with that power, which their k absorb. Gradient:
+    ``∂/∂f = 2 (f - 1)`` at each anchor."""
+    return ((x.norm - 1.0) ** 2).sum()
 
 
 def _sub_norm_grad(x: LossInputs, w: float, g: Tensor) -> None:

@@ -212,7 +212,7 @@ class ForwardParts:
     dcdt: Tensor  # (B, N)
     node_out: Tensor  # (B, N) MLP_node output
     grid_sub: Tensor  # (P, G) substrate function on the monotonicity grid, per |s|
-    norm_point: Tensor  # () substrate function at c = 1, |s| = 1 (the scale anchor)
+    norm_point: Tensor  # () f at c = 1, |s| = 1, the scale anchor ((P,): at every |s|)
 
 
 class MetabolismGNN(nn.Module):
@@ -241,6 +241,7 @@ class MetabolismGNN(nn.Module):
         self.aggr = model_cfg.aggr_type
         self.c_scale = float(model_cfg.c_scale)
         self.through_origin = bool(model_cfg.sub_through_origin)
+        self.anchor_every = model_cfg.sub_norm_powers == "every"
         self.node_c_scale = float(model_cfg.node_c_scale)
 
         # Learnable parts. Initialise inside a private generator so a seed reproduces them.
@@ -344,14 +345,21 @@ class MetabolismGNN(nn.Module):
         device = self.log_k.device
         grid = torch.linspace(0.0, float(c_max), n_points, device=device)
         P = self.powers.numel()
-        c_rows = [grid.repeat(P), torch.ones(1, device=device)]
-        s_rows = [self.powers.repeat_interleave(n_points), torch.ones(1, device=device)]
+        A = self.n_anchors
+        c_rows = [grid.repeat(P), torch.ones(A, device=device)]
+        s_rows = [self.powers.repeat_interleave(n_points),
+                  self.powers.clone() if self.anchor_every else torch.ones(1, device=device)]
         if self.through_origin:
             c_rows.append(torch.zeros(P + 1, device=device))
             s_rows += [self.powers, torch.ones(1, device=device)]
         self.sub_grid = grid
         self.extra_inp = torch.stack([torch.cat(c_rows) / self.c_scale, torch.cat(s_rows)], -1)
         self.grid_at_origin = (grid == 0).expand(P, n_points).contiguous()
+
+    @property
+    def n_anchors(self) -> int:
+        """The scale anchor's rows: (1, 1), or (1, s) for every power s (``sub_norm_powers``)."""
+        return self.powers.numel() if self.anchor_every else 1
 
     # ------------------------------------------------------------------- the graph's sums
     def _sparse_mm(self, x: Tensor, name: str, name_t: str) -> Tensor:
@@ -459,13 +467,14 @@ class MetabolismGNN(nn.Module):
         P, G = self.powers.numel(), self.sub_grid.numel()
         pair_out = out[:BQ].view(batch, -1)
         grid_out = out[BQ:BQ + P * G].view(P, G)
-        norm_point = out[BQ + P * G]
+        A = self.n_anchors
+        norm_point = out[BQ + P * G:BQ + P * G + A] if self.anchor_every else out[BQ + P * G]
         if self.through_origin:
-            zero = out[BQ + P * G + 1:]  # f(0, s) for each power, then for s = 1
+            zero = out[BQ + P * G + A:]  # f(0, s) for each power, then for s = 1
             pair_out = (pair_out - zero[self.pair_pow_index]).masked_fill(
                 at_origin(x_sub[:BQ]).view(batch, -1), 0.0)
             grid_out = (grid_out - zero[:P, None]).masked_fill(self.grid_at_origin, 0.0)
-            norm_point = norm_point - zero[P]
+            norm_point = norm_point - (zero[:P] if self.anchor_every else zero[P])
         return pair_out, grid_out, norm_point
 
     def node_input(self, c: Tensor) -> Tensor:
