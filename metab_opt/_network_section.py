@@ -45,6 +45,7 @@ class NetworkConfig:
     maintenance: str = _key(_s(("keep", "drop")), "keep")
     reversible: str = _key(_s(("split", "forward")), "split")
     rate_law_exclude: tuple[str, ...] = _key(_Spec("str_list"), ("h2o", "h"))
+    drop_reactions: tuple[str, ...] = _key(_Spec("str_list"), ())  # ids left out by hand
     metabolite_types: str = _key(_s(("compartment", "one")), "compartment")
     max_substrates: int = _key(_i(1, 16), 6)
 
@@ -71,8 +72,7 @@ def build_network_section(where: str, data: Any) -> NetworkConfig | None:
         spec = _NETWORK_SPECS[key]
         if spec.kind == "str_list":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where}.{key}: expected a list of metabolite ids, got "
-                                  f"{value!r}")
+                raise ConfigError(f"{where}.{key}: expected a list of ids, got {value!r}")
             values[key] = tuple(value)
         else:
             values[key] = _check_value(where, key, value, spec)

@@ -840,7 +840,7 @@ def test_every_shipped_config_declares_its_survey(path: Path) -> None:
     assert 0 <= search.survey <= search.n_iter_block - 1
     expected = {"rank50": 8, "rank50_proxy": 8, "bench": 8, "tiny": 2, "rank50_best": 0,
                 "rank20": 8, "rank70": 8, "rank20_best": 8, "rank70_best": 8, "rank50_joint": 0,
-                "rank50_joint_best": 0, "ecoli_core": 8, "ijo1366": 8}
+                "rank50_joint_best": 0, "ecoli_core": 8, "ijo1366": 8, "ecoli_core_best": 8}
     assert search.survey == expected[path.stem]
 
 

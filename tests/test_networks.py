@@ -93,8 +93,19 @@ def test_each_choice_is_a_key() -> None:
 
 def test_a_biomass_reaction_kept_is_refused_over_the_substrate_limit() -> None:
     cfg = _cfg({"source": "cobra", "model": "textbook", "biomass": "keep"})
-    with pytest.raises(ConfigError, match="Biomass_Ecoli_core.*over max_substrates 6"):
+    with pytest.raises(ConfigError, match="Biomass_Ecoli_core.*over max_substrates 6.*"
+                                          r"drop_reactions: \[Biomass_Ecoli_core\]"):
         build_network(cfg.simulation)
+
+
+def test_reactions_dropped_by_hand() -> None:
+    cfg = _cfg({"source": "cobra", "model": "textbook", "drop_reactions": ["PGI", "ATPM"]})
+    names = build_network(cfg.simulation).reaction_names
+    assert "PGI" not in names and "PGI_rev" not in names and "ATPM" not in names
+    assert len(names) == 113 - 3
+    bad = _cfg({"source": "cobra", "model": "textbook", "drop_reactions": ["NOPE"]})
+    with pytest.raises(ConfigError, match="drop_reactions: the model has no reaction 'NOPE'"):
+        build_network(bad.simulation)
 
 
 def test_the_dataset_identifies_every_k() -> None:
@@ -254,3 +265,20 @@ def test_the_simulators_sparse_product_agrees_with_the_dense_one(
     sparse = sim.integrate(core, c0, 40, 0.1, 4)
     np.testing.assert_allclose(sparse[0], dense[0], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(sparse[1], dense[1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "types", "drop"), [("iJO1366", 3, []),
+                                                     ("salmonella", 3, ["PEPTIDEsyn"])])
+def test_the_genome_scale_models_load(name: str, types: int, drop: list[str]) -> None:
+    raw = yaml.safe_load((ROOT / "configs" / "ijo1366.yaml").read_text())
+    raw["simulation"]["network"]["model"] = name
+    if drop:  # salmonella's lumped peptide synthesis: 20 substrates, refused by name first
+        with pytest.raises(ConfigError, match="'PEPTIDEsyn' has 20 substrates"):
+            build_network(config_from_dict(raw, path=f"{name}.yaml").simulation)
+        raw["simulation"]["network"]["drop_reactions"] = drop
+    net = build_network(config_from_dict(raw, path=f"{name}.yaml").simulation)
+    assert net.n_metabolites > 1500 and net.n_reactions > 2500
+    assert len(set(net.metabolite_type.tolist())) == types  # c, e, p
+    assert (net.substrate_power > 0).sum(axis=0).max() <= 6
+    assert np.isfinite(net.S).all() and (np.abs(net.S).sum(axis=0) > 0).all()

@@ -37,7 +37,9 @@ The choices a kinetic model of a COBRA model must make, each a key of ``simulati
 * ``metabolite_types: compartment`` — one homeostasis type per compartment (sorted by id: for
   e_coli_core ``c`` is type 0 and ``e`` type 1); ``one``: a single type.
 * ``max_substrates: 6`` — the most substrates one rate law may have; a reaction beyond it is
-  refused in one line that names it.
+  refused in one line that names it (salmonella's lumped ``PEPTIDEsyn`` has 20).
+* ``drop_reactions: []`` — reaction ids left out by hand (such a lumped reaction); an id the
+  model does not have is refused.
 
 Metabolites that no kept reaction touches are left out (nothing in the data would say anything
 about them).
@@ -173,8 +175,14 @@ def _objective_ids(model: Any) -> set[str]:
 def _directed(spec: NetworkConfig, model: Any) -> list[tuple[str, dict[Any, float]]]:
     """The directed reactions as (name, {metabolite: signed coefficient}), in the file's order."""
     objective = _objective_ids(model)
+    unknown = [r for r in spec.drop_reactions if r not in model.reactions]
+    if unknown:
+        raise ConfigError(f"{_WHERE}.drop_reactions: the model has no reaction {unknown[0]!r}")
+    dropped = set(spec.drop_reactions)
     out: list[tuple[str, dict[Any, float]]] = []
     for rxn in model.reactions:
+        if rxn.id in dropped:
+            continue
         if rxn.boundary and spec.boundary == "drop":
             continue
         if _is_biomass(rxn, objective) and spec.biomass == "drop":
@@ -227,8 +235,8 @@ def build(cfg: SimulationConfig) -> Network:
         if n_sub > spec.max_substrates:
             raise ConfigError(f"{_WHERE}: reaction {name!r} has {n_sub} substrates in its rate "
                               f"law, over max_substrates {spec.max_substrates}; raise it, add "
-                              f"metabolites to rate_law_exclude, or drop the reaction "
-                              f"(biomass: drop)")
+                              f"metabolites to rate_law_exclude, or leave it out "
+                              f"(drop_reactions: [{name.removesuffix('_rev')}])")
     compartments = sorted({m.compartment or "" for m in mets})
     if spec.metabolite_types == "compartment":
         types = np.array([compartments.index(m.compartment or "") for m in mets], dtype=np.int64)
