@@ -117,7 +117,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_replicate(args: argparse.Namespace) -> int:
-    from metab_opt.replicate import replicate
+    from metab_opt.replicate import DIVERGED, replicate
 
     cfg = _load(args)
     _check_device(args.device)
@@ -128,8 +128,8 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("studies") / "replicate" / cfg.name
 
     def show(row: dict[str, Any]) -> None:
-        if row["status"] == "failed":
-            print(f"seed {row['seed']}: failed ({row['reason']})", flush=True)
+        if row["status"] == DIVERGED:
+            print(f"seed {row['seed']}: diverged ({row['reason']})", flush=True)
             return
         print(f"seed {row['seed']}: R2 {row['rate_constants_R2']:.4f}, shifted "
               f"{row['rate_constants_R2_shifted']:.4f}, test_pearson {row['test_pearson']:.3f}, "
@@ -142,7 +142,8 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
         print(f"{key}: mean {s['mean']:.4f} sd {s['sd']:.4f} "
               f"(range {s['min']:.4f} .. {s['max']:.4f}, n = {s['n']})")
     print(f"runs and summary in {out}")
-    return 0 if all(r["status"] != "failed" for r in result["runs"]) else 1
+    # Exit 1 when a run diverged (no result); a finished run is a result whatever its R².
+    return 0 if all(r["status"] != DIVERGED for r in result["runs"]) else 1
 
 
 def _cmd_best(args: argparse.Namespace) -> int:

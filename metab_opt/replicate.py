@@ -20,12 +20,16 @@ from typing import Any
 from metab_opt._io import atomic_write
 from metab_opt.config import Config
 
-__all__ = ["COLUMNS", "replicate", "summarize"]
+__all__ = ["COLUMNS", "DIVERGED", "replicate", "summarize"]
 
 # Per-run columns of the summary, in table order.
 COLUMNS = ("rate_constants_R2", "rate_constants_R2_shifted", "test_pearson", "n_outliers",
            "training_seconds", "steps")
 _SPREAD = ("rate_constants_R2", "rate_constants_R2_shifted", "test_pearson", "training_seconds")
+
+
+# A replicate row whose training diverged (no metrics); any other row is a finished run.
+DIVERGED = "diverged"
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -64,8 +68,10 @@ def replicate(cfg: Config, *, seeds: Sequence[int], out: str | Path,
               on_run: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train ``cfg`` once per training seed; return (and write) the runs and their spread.
 
-    A diverged run is kept as a row with ``status: failed`` and its reason; it has no metrics
-    and does not enter the means.
+    A diverged run is kept as a row with ``status: diverged`` and its reason; it has no metrics
+    and does not enter the means. A run that finished enters them whatever its R², the metrics'
+    class "failed" (R² < 0.1) included: that is a result, and leaving it out would flatter the
+    mean.
     """
     from metab_opt.objective import run_training
     from metab_opt.problem.simulation import load_or_build
@@ -84,7 +90,7 @@ def replicate(cfg: Config, *, seeds: Sequence[int], out: str | Path,
             res = run_training(run_cfg, out_dir=out / f"seed_{seed}", dataset=ds, device=device,
                                progress=progress)
         except TrainingDiverged as exc:
-            row: dict[str, Any] = {"seed": int(seed), "status": "failed", "reason": str(exc)}
+            row: dict[str, Any] = {"seed": int(seed), "status": DIVERGED, "reason": str(exc)}
         else:
             row = {"seed": int(seed), "status": res.metrics["status"],
                    **{k: res.metrics[k] for k in COLUMNS}}
@@ -92,7 +98,7 @@ def replicate(cfg: Config, *, seeds: Sequence[int], out: str | Path,
         rows.append(row)
         if on_run is not None:
             on_run(row)
-    summary = summarize([r for r in rows if r["status"] != "failed"])
+    summary = summarize([r for r in rows if r["status"] != DIVERGED])
     result = {"config": cfg.name, "seeds": [int(s) for s in seeds], "runs": rows,
               "summary": summary}
     out.mkdir(parents=True, exist_ok=True)

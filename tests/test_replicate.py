@@ -83,3 +83,32 @@ def test_cli_replicate_bad_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert rc == 2 and captured.out == ""
     assert captured.err.count("\n") == 1 and "--seeds: expected distinct integers" in captured.err
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_finished_run_classified_failed_enters_the_mean(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that finished with R² < 0.1 (the metrics' class "failed") is a result: printed and
+    counted in the mean, not dropped like a diverged run."""
+    import metab_opt.objective as objective
+    from metab_opt.objective import RunResult
+    from metab_opt.problem.training import TrainingDiverged
+
+    def fake(cfg, *, out_dir, **_kw):  # seed 1 finishes badly, seed 2 diverges
+        if cfg.training.seed == 2:
+            raise TrainingDiverged(7, "loss")
+        metrics = {k: 0.0 for k in COLUMNS}
+        metrics.update(status="failed", rate_constants_R2=-0.4, steps=10)
+        return RunResult(metrics=metrics, out_dir=Path(out_dir), plot_paths=[], seconds=0.0)
+
+    monkeypatch.setattr(objective, "run_training", fake)
+    monkeypatch.setattr("metab_opt.problem.simulation.load_or_build", lambda *a, **k: (None, 0))
+    rc = main(["replicate", "--config", str(TINY), "--seeds", "1", "2", "--out",
+               str(tmp_path / "rep"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 1, out  # a diverged run: no result for seed 2
+    saved = json.loads((tmp_path / "rep" / "replicates.json").read_text())
+    assert [r["status"] for r in saved["runs"]] == ["failed", "diverged"]
+    assert saved["summary"]["rate_constants_R2"] == {"mean": -0.4, "sd": 0.0, "min": -0.4,
+                                                     "max": -0.4, "n": 1}
+    assert "seed 1: R2 -0.4000" in out and "seed 2: diverged (" in out
