@@ -130,6 +130,10 @@ class GraphModelConfig:
     # network (every): c^s is 1 at c = 1 for every s. A power that one reaction alone has (a real
     # model's adp² in ADK1_rev) otherwise leaves f(., s) free to trade its scale with that k.
     sub_norm_powers: str = _key(_s(["one", "every"]), "one")
+    # The substrate function's form: mlp, f(c, s) = MLP_sub(c, s), one learned curve per power;
+    # power, f(c, s) = |g(c)|^s with g = MLP_sub(c, 1), the truth's own structure (c^s): every
+    # power shares one curve, so a power that one reaction alone has borrows the others' data.
+    sub_form: str = _key(_s(["mlp", "power"]), "mlp")
     # MLP_node sees c / node_c_scale: the data's c reach ~100, where tanh units fed the raw c
     # saturate and the homeostatic line cannot form (docs/joint.md); 1.0 is the seed's raw input
     node_c_scale: float = _key(_f(0.0, 1e6, low_open=True), 1.0)

@@ -102,7 +102,7 @@ def make_pruner(kind: str, cfg: Config | None = None) -> Any:
 # Model and training keys added after studies were started, left out of the fingerprint at
 # these values (the training they leave as it was): older studies resume.
 _FINGERPRINT_OMIT_AT: dict[str, dict[str, Any]] = {
-    "graph_model": {"node_c_scale": 1.0, "sub_norm_powers": "one"},
+    "graph_model": {"node_c_scale": 1.0, "sub_norm_powers": "one", "sub_form": "mlp"},
     "training": {"learning_rate_embedding": 0.0, "time_step": 1, "homeostasis_phase": 0.0,
                  "homeostasis_lr_factor": 1.0},
 }

@@ -282,3 +282,42 @@ def test_the_genome_scale_models_load(name: str, types: int, drop: list[str]) ->
     assert len(set(net.metabolite_type.tolist())) == types  # c, e, p
     assert (net.substrate_power > 0).sum(axis=0).max() <= 6
     assert np.isfinite(net.S).all() and (np.abs(net.S).sum(axis=0) > 0).all()
+
+
+def test_the_power_form_shares_one_curve_across_powers(core: Any) -> None:
+    import dataclasses
+
+    import torch
+
+    from metab_opt.problem._fused import fused_supported
+    from metab_opt.problem.model import MetabolismGNN, build_graph
+
+    cfg = _cfg()
+    gm = dataclasses.replace(cfg.graph_model, sub_form="power", sub_through_origin=True)
+    model = MetabolismGNN(build_graph(core.S, core.substrate_power), gm, log_k_center=-1.5,
+                          seed=0)
+    assert not fused_supported(model)  # the power form trains through autograd
+    c = torch.linspace(0.5, 9.0, 20)
+    with torch.no_grad():
+        g = model.substrate_function(c, torch.ones_like(c))
+        for s in (0.5, 2.0):
+            torch.testing.assert_close(model.substrate_function(c, torch.full_like(c, s)),
+                                       g.abs() ** s, rtol=1e-5, atol=1e-7)
+        x = torch.rand(3, core.n_metabolites, generator=torch.Generator().manual_seed(1)) * 5
+        parts = model.forward_parts(x)
+        torch.testing.assert_close(parts.dcdt, model.forward_parts(x, reference=True).dcdt,
+                                   rtol=1e-4, atol=1e-6)
+        # the grid rows: g on the grid, raised to each power of the network
+        grid = model.sub_grid
+        for row, s in zip(parts.grid_sub, model.powers):
+            torch.testing.assert_close(row, model.substrate_function(grid, torch.full_like(grid, s)),
+                                       rtol=1e-5, atol=1e-7)
+
+
+def test_the_power_form_trains(tmp_path: Path) -> None:
+    from metab_opt.problem.training import train
+
+    cfg = config_from_dict(_raw(None, n_frames=96, n_trajectories=4, n_test_frames=20),
+                           path="ecoli_core.yaml", overrides={"graph_model.sub_form": "power"})
+    res = train(simulate(cfg.simulation), cfg, device="cpu", max_steps=30)
+    assert res.steps > 0 and np.isfinite(res.model.log_k.detach().numpy()).all()

@@ -53,8 +53,10 @@ __all__ = ["FusedLoss", "fused_supported"]
 
 
 def fused_supported(model: MetabolismGNN) -> bool:
-    """Whether :class:`FusedLoss` covers this model (both MLPs have a hidden layer)."""
-    return len(model.mlp_sub.linears()) >= 2 and len(model.mlp_node.linears()) >= 2
+    """Whether :class:`FusedLoss` covers this model: both MLPs have a hidden layer, and the
+    substrate function is MLP_sub's own (``sub_form: power`` trains through autograd)."""
+    return (len(model.mlp_sub.linears()) >= 2 and len(model.mlp_node.linears()) >= 2
+            and not model.power_form)
 
 
 @dataclass

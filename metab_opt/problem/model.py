@@ -9,6 +9,7 @@ two edge types:
 For a batch of B frames ``c`` (B, N), :class:`MetabolismGNN` computes::
 
     f(c, s)   = MLP_sub(c / c_scale, s)                  [- MLP_sub(0, s) if sub_through_origin]
+              = |g(c)|^s,  g(c) = f(c, 1) as above       (sub_form "power": one curve, c^s's form)
     a_j       = Π_{i -> j} |f(c_i, s_ij)|                (aggr "mul", in log space, clamped 1e-8)
               = Σ_{i -> j}  f(c_i, s_ij)                 (aggr "add")
     v_j       = 10^{log_k_j} · a_j                        (B, R)
@@ -242,6 +243,7 @@ class MetabolismGNN(nn.Module):
         self.c_scale = float(model_cfg.c_scale)
         self.through_origin = bool(model_cfg.sub_through_origin)
         self.anchor_every = model_cfg.sub_norm_powers == "every"
+        self.power_form = model_cfg.sub_form == "power"
         self.node_c_scale = float(model_cfg.node_c_scale)
 
         # Learnable parts. Initialise inside a private generator so a seed reproduces them.
@@ -328,12 +330,20 @@ class MetabolismGNN(nn.Module):
     # ---------------------------------------------------------------- substrate function
     def substrate_function(self, c: Tensor, s: Tensor) -> Tensor:
         """f(c, s) for matching tensors c and s (any shape): the substrate function."""
+        power = s
+        if self.power_form:  # |g(c)|^s, g = MLP_sub(c, 1)
+            s = torch.ones_like(s)
         inp = torch.stack([c / self.c_scale, s], dim=-1)
         out = self.mlp_sub(inp).squeeze(-1)
         if self.through_origin:
             out = out - self.mlp_sub(torch.stack([torch.zeros_like(c), s], -1)).squeeze(-1)
             out = out.masked_fill(at_origin(inp), 0.0)
-        return out
+        return self._raise(out, power) if self.power_form else out
+
+    @staticmethod
+    def _raise(g: Tensor, power: Tensor) -> Tensor:
+        """The power form's ``|g|^s`` (g floored at the product's clamp, as ``mul`` takes it)."""
+        return g.abs().clamp_min(CLAMP) ** power
 
     def set_sub_grid(self, c_max: float, n_points: int) -> None:
         """The concentration grid over the data range on which monotonicity is penalised.
@@ -346,12 +356,14 @@ class MetabolismGNN(nn.Module):
         grid = torch.linspace(0.0, float(c_max), n_points, device=device)
         P = self.powers.numel()
         A = self.n_anchors
+        # The MLP's s input per power: the power itself, or 1 with the power form (g = f(., 1)).
+        s_in = torch.ones_like(self.powers) if self.power_form else self.powers
         c_rows = [grid.repeat(P), torch.ones(A, device=device)]
-        s_rows = [self.powers.repeat_interleave(n_points),
-                  self.powers.clone() if self.anchor_every else torch.ones(1, device=device)]
+        s_rows = [s_in.repeat_interleave(n_points),
+                  s_in.clone() if self.anchor_every else torch.ones(1, device=device)]
         if self.through_origin:
             c_rows.append(torch.zeros(P + 1, device=device))
-            s_rows += [self.powers, torch.ones(1, device=device)]
+            s_rows += [s_in, torch.ones(1, device=device)]
         self.sub_grid = grid
         self.extra_inp = torch.stack([torch.cat(c_rows) / self.c_scale, torch.cat(s_rows)], -1)
         self.grid_at_origin = (grid == 0).expand(P, n_points).contiguous()
@@ -447,8 +459,9 @@ class MetabolismGNN(nn.Module):
         """MLP_sub's (M, 2) input rows for a (B, N) batch: the B·Q (frame, pair) rows, then the
         constant rows of :meth:`set_sub_grid` (grid, scale anchor, f(0, s))."""
         B, Q = c.shape[0], self.pair_met.numel()
+        s_in = torch.ones_like(self.pair_pow) if self.power_form else self.pair_pow
         batch_inp = torch.stack([c[:, self.pair_met] / self.c_scale,
-                                 self.pair_pow.expand(B, Q)], dim=-1).reshape(B * Q, 2)
+                                 s_in.expand(B, Q)], dim=-1).reshape(B * Q, 2)
         return torch.cat([batch_inp, self.extra_inp])
 
     def split_sub(self, out: Tensor, x_sub: Tensor,
@@ -475,6 +488,11 @@ class MetabolismGNN(nn.Module):
                 at_origin(x_sub[:BQ]).view(batch, -1), 0.0)
             grid_out = (grid_out - zero[:P, None]).masked_fill(self.grid_at_origin, 0.0)
             norm_point = norm_point - (zero[:P] if self.anchor_every else zero[P])
+        if self.power_form:  # the rows are g = f(., 1): raise each to its power
+            pair_out = self._raise(pair_out, self.pair_pow)
+            grid_out = self._raise(grid_out, self.powers[:, None])
+            norm_point = self._raise(norm_point, self.powers if self.anchor_every
+                                     else torch.ones_like(norm_point))
         return pair_out, grid_out, norm_point
 
     def node_input(self, c: Tensor) -> Tensor:
