@@ -72,9 +72,19 @@ def _live(model: Any, seed: int) -> None:
         for last, scale in ((model.mlp_node.last, 0.3), (model.mlp_sub.last, 3.0)):
             last.weight.copy_(scale * torch.randn(last.weight.shape, generator=gen))
             last.bias.copy_(0.3 * torch.randn(last.bias.shape, generator=gen))
-        grid = model.forward_parts(torch.ones(1, model.n_metabolites)).grid_sub
-        if not (grid[:, :-1] > grid[:, 1:]).any():  # rising everywhere: make it fall
+        for _ in range(50):
+            grid = model.forward_parts(torch.ones(1, model.n_metabolites)).grid_sub
+            if (grid[:, :-1] > grid[:, 1:]).any():
+                break
+            # Rising everywhere: make it fall. Flipping the sign does it for f = MLP_sub; the
+            # power form's |g|^s is blind to the sign, so it needs other last-layer weights.
             model.mlp_sub.last.weight.neg_()
+            grid = model.forward_parts(torch.ones(1, model.n_metabolites)).grid_sub
+            if (grid[:, :-1] > grid[:, 1:]).any():
+                break
+            model.mlp_sub.last.weight.copy_(3.0 * torch.randn(model.mlp_sub.last.weight.shape,
+                                                              generator=gen))
+        assert (grid[:, :-1] > grid[:, 1:]).any(), "MLP_sub stayed monotonic"
 
 
 def _terms_after_a_few_steps(cfg: Config, dataset: Any) -> np.ndarray:

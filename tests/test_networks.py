@@ -310,8 +310,8 @@ def test_the_power_form_shares_one_curve_across_powers(core: Any) -> None:
         # the grid rows: g on the grid, raised to each power of the network
         grid = model.sub_grid
         for row, s in zip(parts.grid_sub, model.powers):
-            torch.testing.assert_close(row, model.substrate_function(grid, torch.full_like(grid, s)),
-                                       rtol=1e-5, atol=1e-7)
+            want = model.substrate_function(grid, torch.full_like(grid, s))
+            torch.testing.assert_close(row, want, rtol=1e-5, atol=1e-7)
 
 
 def test_the_power_form_trains(tmp_path: Path) -> None:
